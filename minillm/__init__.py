@@ -1,0 +1,5 @@
+"""minillm: a from-scratch LLM library on NumPy and Numba, small enough to read end to end."""
+from .tensor import Tensor, no_grad, is_grad_enabled
+from . import kernels, functional
+
+__version__ = "0.1.0"

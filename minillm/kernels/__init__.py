@@ -1,0 +1,57 @@
+"""The kernels behind the engine's hot ops, and the switch between their two backends.
+
+Every kernel exists twice: a plain-NumPy twin in `reference.py` (the definition) and a fast
+one. The engine calls the names below, which dispatch to the backend in force:
+
+    MINILLM_KERNELS=numpy|numba     (environment, read at import; default numba)
+    with minillm.kernels.use("numpy"): ...
+"""
+import os
+from contextlib import contextmanager
+
+from . import reference
+
+BACKENDS = ("numpy", "numba")
+_backend = os.environ.get("MINILLM_KERNELS", "numba").strip().lower() or "numba"
+if _backend not in BACKENDS:
+    raise ValueError(f"MINILLM_KERNELS must be one of {BACKENDS}, got {_backend!r}")
+
+
+def _fast():
+    return reference  # replaced by the Numba module once it exists
+
+
+def backend():
+    """The name of the backend the engine's ops use now."""
+    return _backend
+
+
+@contextmanager
+def use(name):
+    """Run a block with the given backend ("numpy" or "numba"), then restore the previous one."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"kernels.use: backend must be one of {BACKENDS}, got {name!r}")
+    old, _backend = _backend, name
+    try:
+        yield
+    finally:
+        _backend = old
+
+
+def _impl():
+    return reference if _backend == "numpy" else _fast()
+
+
+def matmul(a, b): return _impl().matmul(a, b)
+def softmax(x, mask=None): return _impl().softmax(x, mask)
+def softmax_backward(y, dy): return _impl().softmax_backward(y, dy)
+def log_softmax(x, mask=None): return _impl().log_softmax(x, mask)
+def log_softmax_backward(y, dy, mask=None): return _impl().log_softmax_backward(y, dy, mask)
+def gelu(x): return _impl().gelu(x)
+def gelu_backward(x, dy): return _impl().gelu_backward(x, dy)
+def layer_norm(x, w, b, eps): return _impl().layer_norm(x, w, b, eps)
+def layer_norm_backward(dy, x, w, mean, rstd): return _impl().layer_norm_backward(dy, x, w, mean, rstd)
+def cross_entropy(logits, targets, ignore_index): return _impl().cross_entropy(logits, targets, ignore_index)
+def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
+    return _impl().cross_entropy_backward(logits, targets, lse, ignore_index, scale)

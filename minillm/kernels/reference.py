@@ -1,0 +1,116 @@
+"""Plain-NumPy twins of every kernel: the readable definition each fast kernel is tested against.
+
+Every function works over the last axis, takes and returns ndarrays, and never produces NaN or
+-inf for finite input: a row whose mask keeps nothing gives zeros.
+"""
+import numpy as np
+
+
+def matmul(a, b):
+    return np.matmul(a, b)
+
+
+def _masked_max(x, mask):
+    """Row maxima over kept entries; 0 for rows that keep nothing (so subtracting it is harmless)."""
+    if mask is None:
+        return x.max(axis=-1, keepdims=True)
+    m = np.where(mask, x, -np.inf).max(axis=-1, keepdims=True)
+    return np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
+
+
+def softmax(x, mask=None):
+    """exp(x - max) / sum, over kept entries; masked entries and empty rows are 0."""
+    e = np.exp(x - _masked_max(x, mask))
+    if mask is not None:
+        e = np.where(mask, e, 0).astype(x.dtype, copy=False)
+    s = e.sum(axis=-1, keepdims=True)
+    return e / np.where(s > 0, s, 1)
+
+
+def softmax_backward(y, dy):
+    """dx = y * (dy - sum(dy * y)); masked entries have y = 0, so they get no gradient."""
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+
+
+def log_softmax(x, mask=None):
+    """x - max - log(sum(exp(x - max))) over kept entries; masked entries and empty rows are 0."""
+    z = x - _masked_max(x, mask)
+    e = np.exp(z)
+    if mask is not None:
+        e = np.where(mask, e, 0)
+    s = e.sum(axis=-1, keepdims=True)
+    out = z - np.log(np.where(s > 0, s, 1))
+    if mask is not None:
+        out = np.where(mask, out, 0)
+    return out.astype(x.dtype, copy=False)
+
+
+def log_softmax_backward(y, dy, mask=None):
+    """dx = dy - softmax * sum(dy), over kept entries; masked entries get 0."""
+    p = np.exp(y)
+    if mask is not None:
+        p = np.where(mask, p, 0)
+        dy = np.where(mask, dy, 0)
+    return (dy - p * dy.sum(axis=-1, keepdims=True)).astype(y.dtype, copy=False)
+
+
+_GELU_C = np.sqrt(2.0 / np.pi)
+
+
+def gelu(x):
+    """The tanh approximation: 0.5 x (1 + tanh(c (x + 0.044715 x^3)))."""
+    c = x.dtype.type(_GELU_C) if x.dtype.kind == "f" else _GELU_C
+    return 0.5 * x * (1 + np.tanh(c * (x + 0.044715 * x ** 3)))
+
+
+def gelu_backward(x, dy):
+    c = x.dtype.type(_GELU_C) if x.dtype.kind == "f" else _GELU_C
+    t = np.tanh(c * (x + 0.044715 * x ** 3))
+    dt = (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+    return dy * (0.5 * (1 + t) + 0.5 * x * dt)
+
+
+def layer_norm(x, weight, bias, eps):
+    """Normalise over the last axis; returns (y, mean, rstd) so the backward need not recompute them."""
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    rstd = 1 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    y = xc * rstd
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype, copy=False), mean, rstd
+
+
+def layer_norm_backward(dy, x, weight, mean, rstd):
+    """Returns (dx, dweight, dbias); dweight/dbias are summed over every leading axis."""
+    xhat = (x - mean) * rstd
+    lead = tuple(range(x.ndim - 1))
+    dw = (dy * xhat).sum(axis=lead)
+    db = dy.sum(axis=lead)
+    g = dy * weight if weight is not None else dy
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return dx.astype(x.dtype, copy=False), dw, db
+
+
+def cross_entropy(logits, targets, ignore_index):
+    """Per-row loss lse(logits) - logits[target] for 2-D logits (N, V); 0 where target == ignore_index.
+
+    Returns (losses (N,), lse (N,)); the lse is kept for the backward.
+    """
+    m = logits.max(axis=-1)
+    lse = m + np.log(np.exp(logits - m[:, None]).sum(axis=-1))
+    keep = targets != ignore_index
+    safe = np.where(keep, targets, 0)
+    picked = logits[np.arange(len(targets)), safe]
+    return np.where(keep, lse - picked, 0).astype(logits.dtype, copy=False), lse
+
+
+def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
+    """d(scale * sum(losses))/d logits = scale * (softmax - onehot(target)) on kept rows, 0 elsewhere."""
+    keep = targets != ignore_index
+    g = np.exp(logits - lse[:, None])
+    g[np.arange(len(targets)), np.where(keep, targets, 0)] -= 1
+    g *= np.where(keep, scale, 0).astype(logits.dtype)[:, None]
+    return g
