@@ -1,0 +1,173 @@
+"""Neural-network ops on Tensors, each with its backward beside its forward.
+
+The arithmetic of the hot ones (softmax, log-softmax, GELU, LayerNorm, cross-entropy) lives
+in `minillm.kernels`, which runs either the plain-NumPy twin or the fast Numba kernel.
+"""
+import numpy as np
+
+from . import kernels as K
+from .tensor import Tensor
+
+
+def _t(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _check_mask(op, mask, shape):
+    if mask is None:
+        return None
+    mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"{op}: mask must be a bool array (True = keep), got dtype {mask.dtype}")
+    try:
+        np.broadcast_shapes(mask.shape, shape)
+    except ValueError:
+        raise ValueError(f"{op}: mask of shape {mask.shape} does not broadcast to input of shape {shape}") from None
+    return mask
+
+
+def _along(op, x, axis, mask):
+    """Kernels work on the last axis: return (x moved, mask moved, `to_last`, `back`) for `axis`."""
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{op}: axis {axis} is out of range for input of shape {x.shape}")
+    axis %= x.ndim
+    if axis == x.ndim - 1:
+        same = lambda a: a  # noqa: E731
+        return x, mask, same, same
+    to_last = lambda a: np.moveaxis(a, axis, -1)  # noqa: E731
+    back = lambda a: np.moveaxis(a, -1, axis)  # noqa: E731
+    mask = None if mask is None else to_last(np.broadcast_to(mask, x.shape))
+    return np.ascontiguousarray(to_last(x)), mask, to_last, back
+
+
+def softmax(x, axis=-1, mask=None):
+    """exp(x) / sum(exp(x)) along `axis` over entries where `mask` is True; a row with nothing kept is all zeros."""
+    x = _t(x)
+    xd, m, to_last, back = _along("softmax", x.data, axis, _check_mask("softmax", mask, x.shape))
+    y = K.softmax(xd, m)
+    return Tensor._op(back(y), (x,), lambda g: (back(K.softmax_backward(y, to_last(g))),))
+
+
+def log_softmax(x, axis=-1, mask=None):
+    """x - logsumexp(x) along `axis` over kept entries. Masked entries (and empty rows) read 0 and get no gradient."""
+    x = _t(x)
+    xd, m, to_last, back = _along("log_softmax", x.data, axis, _check_mask("log_softmax", mask, x.shape))
+    y = K.log_softmax(xd, m)
+    return Tensor._op(back(y), (x,), lambda g: (back(K.log_softmax_backward(y, to_last(g), m)),))
+
+
+def gelu(x):
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    x = _t(x)
+    xd = x.data
+    return Tensor._op(K.gelu(xd), (x,), lambda g: (K.gelu_backward(xd, g),))
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Normalise over the last axis to zero mean and unit variance, then scale by `weight` and shift by `bias`."""
+    x = _t(x)
+    n = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (n,):
+            raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({n},) for input of shape {x.shape}")
+    w = None if weight is None else _t(weight)
+    b = None if bias is None else _t(bias)
+    y, mean, rstd = K.layer_norm(x.data, None if w is None else w.data, None if b is None else b.data, eps)
+
+    def vjp(g):
+        dx, dw, db = K.layer_norm_backward(g, x.data, None if w is None else w.data, mean, rstd)
+        return (dx,) + ((dw,) if w is not None else ()) + ((db,) if b is not None else ())
+
+    parents = (x,) + ((w,) if w is not None else ()) + ((b,) if b is not None else ())
+    return Tensor._op(y, parents, vjp)
+
+
+def embedding(ids, weight):
+    """Rows of `weight` (V, D) picked by integer `ids` (any shape) -> (*ids.shape, D)."""
+    ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+    V = weight.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        bad = ids[(ids < 0) | (ids >= V)][0]
+        raise IndexError(f"embedding: token id {bad} is outside [0, {V}) (ids of shape {ids.shape})")
+    w = _t(weight)
+
+    def vjp(g):
+        dw = np.zeros_like(w.data)
+        np.add.at(dw, ids.reshape(-1), g.reshape(-1, w.shape[-1]))
+        return (dw,)
+
+    return Tensor._op(w.data[ids], (w,), vjp)
+
+
+def dropout(x, p, training, rng=None):
+    """Zero each entry with probability `p` and scale the rest by 1/(1-p); identity when not training."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    x = _t(x)
+    if not training or p == 0:
+        return x
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    keep = rng.random(x.shape) >= p
+    scale = (keep / (1 - p) if p < 1 else np.zeros(x.shape)).astype(x.dtype)
+    return Tensor._op(x.data * scale, (x,), lambda g: (g * scale,))
+
+
+def concat(tensors, axis=0):
+    """Join tensors along `axis`; the gradient is split back into the pieces."""
+    tensors = [_t(t) for t in tensors]
+    if not tensors:
+        raise ValueError("concat: needs at least one tensor")
+    try:
+        out = np.concatenate([t.data for t in tensors], axis=axis)
+    except ValueError:
+        raise ValueError(f"concat: shapes {[t.shape for t in tensors]} do not match off axis {axis}") from None
+    cuts = np.cumsum([t.shape[axis] for t in tensors])[:-1]
+    return Tensor._op(out, tuple(tensors), lambda g: tuple(np.split(g, cuts, axis=axis)))
+
+
+def where(cond, x, y):
+    """`x` where `cond` is True, else `y` (all three broadcast together)."""
+    cond = np.asarray(cond.data if isinstance(cond, Tensor) else cond, dtype=bool)
+    x = _t(x)
+    y = x._lift(y)
+    try:
+        out = np.where(cond, x.data, y.data)
+    except ValueError:
+        raise ValueError(f"where: shapes {cond.shape}, {x.shape} and {y.shape} cannot be broadcast together") from None
+    return Tensor._op(out, (x, y), lambda g: (np.where(cond, g, 0), np.where(cond, 0, g)))
+
+
+def masked_fill(x, mask, value):
+    """`x` with entries where `mask` is True replaced by `value`."""
+    x = _t(x)
+    return where(mask, x._lift(value), x)
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean of -log softmax(logits)[target] over positions whose target is not `ignore_index`.
+
+    logits (..., V), integer targets (...). With no kept position the loss is 0 (not NaN).
+    """
+    logits = _t(logits)
+    targets = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    V = logits.shape[-1]
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"cross_entropy: logits {logits.shape} need targets of shape {logits.shape[:-1]}, got {targets.shape}")
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
+    if bad.any():
+        raise ValueError(f"cross_entropy: target {targets[bad][0]} is outside [0, {V}) and is not ignore_index={ignore_index}")
+    flat = logits.data.reshape(-1, V)
+    t = targets.reshape(-1)
+    losses, lse = K.cross_entropy(flat, t, ignore_index)
+    n = int((t != ignore_index).sum())
+    scale = 1.0 / max(n, 1)
+    loss = np.asarray(losses.sum(dtype=np.float64) * scale, dtype=logits.dtype)
+
+    def vjp(g):
+        return (K.cross_entropy_backward(flat, t, lse, ignore_index, float(g) * scale).reshape(logits.shape),)
+
+    return Tensor._op(loss, (logits,), vjp)
