@@ -1,0 +1,118 @@
+"""Why decoder-only? The low-rank argument, measured.
+
+A bidirectional attention matrix is softmax(Q Kᵀ) with Q, K of shape (n, d): before the
+softmax it has rank at most d, so for n >> d it can end up close to low rank. A causal
+attention matrix is lower triangular with a positive diagonal, so it is always full rank
+(its determinant is the product of its diagonal). Whether that matters depends on *how*
+close to low rank the bidirectional matrix gets, which depends on the logit scale: so we
+measure three ranks of real matrices instead of arguing.
+
+- `numerical_rank`: singular values above `rtol * largest` (a hard count);
+- `entropy_rank`: exp(entropy of the normalised singular values) (a soft count, Roy and
+  Vetterli 2007);
+- `stable_rank`: ||A||_F^2 / ||A||_2^2 (how many directions carry the energy).
+
+`synthetic(...)` compares bidirectional, causal and prefix softmax attention on random
+Q, K across logit scales, with bidirectional *linear* attention (rank <= d exactly) as the
+control; `attention_ranks(...)` does the same for the attention of a trained model.
+"""
+import numpy as np
+
+
+def singular_values(A):
+    return np.linalg.svd(np.asarray(A, dtype=np.float64), compute_uv=False)
+
+
+def numerical_rank(A, rtol=1e-6):
+    s = singular_values(A)
+    return int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+
+
+def entropy_rank(A):
+    s = singular_values(A)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def stable_rank(A):
+    s = singular_values(A)
+    return float((s ** 2).sum() / s[0] ** 2)
+
+
+def ranks(A, rtol=1e-6):
+    """The three rank measures of one matrix, as a dict."""
+    return {"numerical": numerical_rank(A, rtol), "entropy": entropy_rank(A), "stable": stable_rank(A)}
+
+
+def _mask(kind, n, prefix):
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    if kind == "bidirectional":
+        return np.ones((n, n), bool)
+    if kind == "causal":
+        return j <= i
+    if kind == "prefix":
+        return (j <= i) | ((i < prefix) & (j < prefix))
+    raise ValueError(f"mask kind must be bidirectional, causal or prefix, got {kind!r}")
+
+
+def softmax_attention(logits, kind="bidirectional", prefix=0):
+    """Row-softmax of an (n, n) logit matrix under a mask kind; a float64 probability matrix."""
+    logits = np.asarray(logits, dtype=np.float64)
+    keep = _mask(kind, logits.shape[0], prefix)
+    z = np.where(keep, logits, -np.inf)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def linear_attention(Q, K):
+    """Bidirectional linear attention phi(Q) phi(K)ᵀ, rows normalised, phi = elu + 1: rank <= d exactly."""
+    phi = lambda x: np.where(x > 0, x + 1, np.exp(np.minimum(x, 0)))  # noqa: E731
+    A = phi(np.asarray(Q, np.float64)) @ phi(np.asarray(K, np.float64)).T
+    return A / A.sum(axis=1, keepdims=True)
+
+
+def synthetic(n=64, d=8, scales=(0.01, 0.1, 1.0, 3.0), seeds=3, prefix=None, rtol=1e-6):
+    """Ranks of attention on random Q, K ~ N(0, 1) with logits scale * Q Kᵀ / sqrt(d).
+
+    Returns a list of rows {scale, kind, numerical, entropy, stable} averaged over seeds.
+    """
+    if n < 2 or d < 1:
+        raise ValueError(f"synthetic: need n >= 2 and d >= 1, got n={n}, d={d}")
+    prefix = n // 2 if prefix is None else prefix
+    rows = []
+    for scale in scales:
+        acc = {}
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            Q, K = rng.standard_normal((n, d)), rng.standard_normal((n, d))
+            logits = scale * Q @ K.T / np.sqrt(d)
+            mats = {kind: softmax_attention(logits, kind, prefix) for kind in ("bidirectional", "causal", "prefix")}
+            mats["linear (control)"] = linear_attention(np.sqrt(scale) * Q, np.sqrt(scale) * K)
+            for kind, A in mats.items():
+                for key, v in ranks(A, rtol).items():
+                    acc.setdefault(kind, {}).setdefault(key, []).append(v)
+        rows += [{"scale": scale, "kind": kind, **{k: float(np.mean(v)) for k, v in r.items()}} for kind, r in acc.items()]
+    return rows
+
+
+def attention_ranks(probs, rtol=1e-6):
+    """Ranks of every attention matrix in `probs`: a dict layer name -> array (B, H, T, T).
+
+    Returns rows {layer, head, numerical, entropy, stable} averaged over the batch.
+    """
+    rows = []
+    for layer, P in probs.items():
+        P = np.asarray(P)
+        for h in range(P.shape[1]):
+            per = [ranks(P[b, h], rtol) for b in range(P.shape[0])]
+            rows.append({"layer": layer, "head": h, **{k: float(np.mean([r[k] for r in per])) for k in per[0]}})
+    return rows
+
+
+def format_table(rows, columns):
+    """Rows of dicts as an aligned text table."""
+    cells = [[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
