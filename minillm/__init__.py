@@ -5,3 +5,4 @@ from . import masks, nn, models
 from .models import ModelConfig, build_model
 
 __version__ = "0.1.0"
+from . import optim
