@@ -102,6 +102,18 @@ class Optimizer:
     def load_state_dict(self, sd):
         """Restore a state dict from an optimiser of the same type over the same parameters.
         Everything is checked before anything changes; a mismatch raises ``ValueError``."""
+        self.check_state_dict(sd)
+        for b in self._buffers:
+            for dst, src in zip(self.state[b], sd["buffers"][b]):
+                dst[...] = src
+        for h in self._hyper:
+            v = sd["hyper"][h]
+            setattr(self, h, tuple(v) if isinstance(v, list) else v)
+        self.t = int(sd["t"])
+        return self
+
+    def check_state_dict(self, sd):
+        """Raise ``ValueError`` unless ``sd`` could be loaded into this optimiser."""
         if sd.get("type") != type(self).__name__:
             raise ValueError(f"optimizer state is for {sd.get('type')!r}, this is {type(self).__name__}")
         if list(sd.get("names", [])) != list(self.names):
@@ -120,15 +132,6 @@ class Optimizer:
         missing = [h for h in self._hyper if h not in sd.get("hyper", {})]
         if missing:
             raise ValueError(f"optimizer state lacks settings {missing}")
-        # all checked: now change things
-        for b in self._buffers:
-            for dst, src in zip(self.state[b], buffers[b]):
-                dst[...] = src
-        for h in self._hyper:
-            v = sd["hyper"][h]
-            setattr(self, h, tuple(v) if isinstance(v, list) else v)
-        self.t = int(sd["t"])
-        return self
 
 
 class SGD(Optimizer):
