@@ -228,7 +228,10 @@ class Tensor:
             b2 = b[:, None] if b.ndim == 1 else b
             g2 = g.reshape(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1]))
             ga = K.matmul(g2, np.swapaxes(b2, -1, -2))
-            gb = K.matmul(np.swapaxes(a2, -1, -2), g2)
+            if b2.ndim == 2 and g2.ndim > 2:  # a shared weight: one big product instead of a batch summed later
+                gb = K.matmul(a2.reshape(-1, a2.shape[-1]).T, g2.reshape(-1, g2.shape[-1]))
+            else:
+                gb = K.matmul(np.swapaxes(a2, -1, -2), g2)
             return (ga[..., 0, :] if a.ndim == 1 else ga), (gb[..., 0] if b.ndim == 1 else gb)
 
         return Tensor._op(K.matmul(a, b), (self, other), vjp)
