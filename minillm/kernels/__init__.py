@@ -5,6 +5,11 @@ one. The engine calls the names below, which dispatch to the backend in force:
 
     MINILLM_KERNELS=numpy|numba     (environment, read at import; default numba)
     with minillm.kernels.use("numpy"): ...
+
+The Numba backend (`fast.py`) is imported on first use, so `MINILLM_KERNELS=numpy` never
+loads Numba. Threads: MINILLM_NUM_THREADS or `set_num_threads(n)` sets both Numba's and
+OpenBLAS's thread count (policy in `threads.py`). `gemm(a, b)` (also `matmul.gemm`) is the
+hand-written GEMM; `matmul` itself hands the product to BLAS, as measured in `gemm.py`.
 """
 import os
 from contextlib import contextmanager
@@ -18,7 +23,24 @@ if _backend not in BACKENDS:
 
 
 def _fast():
-    return reference  # replaced by the Numba module once it exists
+    from . import fast   # first use compiles (or loads cached) kernels
+    return fast
+
+
+def set_num_threads(n):
+    """Threads for Numba kernels and OpenBLAS alike; returns the count in force."""
+    from . import threads
+    return threads.set_num_threads(n)
+
+
+def num_threads():
+    from . import threads
+    return threads.num_threads()
+
+
+def gemm(a, b):
+    """The hand-written Numba GEMM (the readable reference of `matmul`), with np.matmul semantics."""
+    return _fast().gemm(a, b)
 
 
 def backend():
@@ -44,10 +66,10 @@ def _impl():
 
 
 def matmul(a, b): return _impl().matmul(a, b)
-def softmax(x, mask=None): return _impl().softmax(x, mask)
+def softmax(x, mask=None, causal=False): return _impl().softmax(x, mask, causal)
 def softmax_backward(y, dy): return _impl().softmax_backward(y, dy)
-def log_softmax(x, mask=None): return _impl().log_softmax(x, mask)
-def log_softmax_backward(y, dy, mask=None): return _impl().log_softmax_backward(y, dy, mask)
+def log_softmax(x, mask=None, causal=False): return _impl().log_softmax(x, mask, causal)
+def log_softmax_backward(y, dy, mask=None, causal=False): return _impl().log_softmax_backward(y, dy, mask, causal)
 def gelu(x): return _impl().gelu(x)
 def gelu_backward(x, dy): return _impl().gelu_backward(x, dy)
 def layer_norm(x, w, b, eps): return _impl().layer_norm(x, w, b, eps)
@@ -55,3 +77,6 @@ def layer_norm_backward(dy, x, w, mean, rstd): return _impl().layer_norm_backwar
 def cross_entropy(logits, targets, ignore_index): return _impl().cross_entropy(logits, targets, ignore_index)
 def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
     return _impl().cross_entropy_backward(logits, targets, lse, ignore_index, scale)
+
+
+matmul.gemm = gemm

@@ -10,6 +10,22 @@ def matmul(a, b):
     return np.matmul(a, b)
 
 
+def causal_mask(shape):
+    """The (Tq, Tk) mask of `causal=True` for x of `shape`: query i keeps key j when
+    j <= i + (Tk - Tq), i.e. the last query sees every key (bottom-right aligned)."""
+    if len(shape) < 2:
+        raise ValueError(f"causal=True needs x with at least 2 dimensions, got shape {tuple(shape)}")
+    tq, tk = shape[-2], shape[-1]
+    return np.tri(tq, tk, k=tk - tq, dtype=bool)
+
+
+def _with_causal(x, mask, causal):
+    if not causal:
+        return mask
+    c = causal_mask(np.shape(x))
+    return c if mask is None else np.logical_and(mask, c)
+
+
 def _masked_max(x, mask):
     """Row maxima over kept entries; 0 for rows that keep nothing (so subtracting it is harmless)."""
     if mask is None:
@@ -18,8 +34,10 @@ def _masked_max(x, mask):
     return np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
 
 
-def softmax(x, mask=None):
-    """exp(x - max) / sum, over kept entries; masked entries and empty rows are 0."""
+def softmax(x, mask=None, causal=False):
+    """exp(x - max) / sum, over kept entries; masked entries and empty rows are 0.
+    causal=True also masks entry (i, j) of the last two axes unless j <= i + (Tk - Tq)."""
+    mask = _with_causal(x, mask, causal)
     e = np.exp(x - _masked_max(x, mask))
     if mask is not None:
         e = np.where(mask, e, 0).astype(x.dtype, copy=False)
@@ -32,8 +50,9 @@ def softmax_backward(y, dy):
     return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
 
 
-def log_softmax(x, mask=None):
+def log_softmax(x, mask=None, causal=False):
     """x - max - log(sum(exp(x - max))) over kept entries; masked entries and empty rows are 0."""
+    mask = _with_causal(x, mask, causal)
     z = x - _masked_max(x, mask)
     e = np.exp(z)
     if mask is not None:
@@ -45,8 +64,9 @@ def log_softmax(x, mask=None):
     return out.astype(x.dtype, copy=False)
 
 
-def log_softmax_backward(y, dy, mask=None):
+def log_softmax_backward(y, dy, mask=None, causal=False):
     """dx = dy - softmax * sum(dy), over kept entries; masked entries get 0."""
+    mask = _with_causal(y, mask, causal)
     p = np.exp(y)
     if mask is not None:
         p = np.where(mask, p, 0)

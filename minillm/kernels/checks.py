@@ -1,0 +1,51 @@
+"""Argument checks run in Python before any compiled code, so a user sees a clear error that
+names the function, the argument and the shapes, never a Numba typing error.
+
+The dtype rule for every kernel: float32 and float64 only; mixed inputs are promoted with
+NumPy's `np.result_type` (float32 with float64 gives float64), as NumPy itself would.
+"""
+import numpy as np
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def floats(fn, **arrays):
+    """Promote the named arrays to their common float dtype; TypeError for anything else."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for name, a in arrays.items():
+        if a.dtype not in FLOATS:
+            raise TypeError(f"{fn}: {name} must be float32 or float64, got {a.dtype}")
+    dt = np.result_type(*arrays.values())
+    return [a.astype(dt, copy=False) for a in arrays.values()]
+
+
+def same_shape(fn, **arrays):
+    shapes = {k: np.shape(v) for k, v in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{fn}: shapes must match, got " + ", ".join(f"{k} {s}" for k, s in shapes.items()))
+
+
+def at_least_1d(fn, name, a):
+    if np.ndim(a) < 1:
+        raise ValueError(f"{fn}: {name} must have at least 1 dimension, got shape {np.shape(a)}")
+
+
+def mask_rows(fn, mask, shape):
+    """A bool mask broadcastable to `shape`, as (rows, idx): `rows` (Rm, N) stores each distinct
+    mask row once and row r of x (flattened to (R, N)) uses rows[idx[r]]. No (R, N) mask is built."""
+    if mask is None:
+        return None, None
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"{fn}: mask must be a bool array, got {m.dtype}")
+    try:
+        np.broadcast_shapes(m.shape, shape)
+        if m.ndim > len(shape) or np.broadcast_shapes(m.shape, shape) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{fn}: mask of shape {m.shape} does not broadcast to x of shape {tuple(shape)}") from None
+    m = m.reshape((1,) * (len(shape) - m.ndim) + m.shape)
+    lead = m.shape[:-1]
+    rows = np.ascontiguousarray(np.broadcast_to(m, lead + (shape[-1],))).reshape(-1, shape[-1])
+    idx = np.broadcast_to(np.arange(rows.shape[0]).reshape(lead), tuple(shape[:-1])).ravel()
+    return rows, idx

@@ -1,0 +1,212 @@
+"""Fused GELU, LayerNorm and cross-entropy, forward and backward, over the last axis.
+
+Why fuse: each of these is a chain of 5-10 elementwise NumPy calls, and every call streams
+whole arrays through memory and allocates a temporary. Here one compiled loop per row (or
+per element) reads the inputs once and writes each output once, on all threads.
+
+Numerical choices:
+  * GELU (tanh form) as x * sigmoid(2u), u = c (x + 0.044715 x^3), since
+    0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation for large negative x, and the
+    sigmoid uses `vexp`, which vectorises (np.tanh / np.exp inside Numba are scalar here).
+  * LayerNorm uses two passes over the row (mean, then variance of x - mean): the row is in
+    L1 cache, and it avoids E[x^2] - E[x]^2 cancellation. Its weight/bias gradients are
+    summed over rows in per-task float64 partial sums (no race between threads).
+  * Cross-entropy's log-sum-exp subtracts the row max before `vexp`, so large logits
+    never overflow.
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from . import checks
+from .threads import jit
+from .vmath import vexp, vmax
+
+GELU_C, GELU_A = math.sqrt(2 / math.pi), 0.044715
+
+
+@jit(parallel=True)
+def _gelu(x, dy, out, backward):
+    # constants in x's dtype: a bare Python 2 or 1.0 would promote float32 maths to float64
+    one, c2, a, a3 = x.dtype.type(1), x.dtype.type(2 * GELU_C), x.dtype.type(GELU_A), x.dtype.type(3 * GELU_A)
+    for i in prange(x.size):
+        v = x[i]
+        s = one / (one + vexp(-c2 * (v + a * v * v * v)))       # sigmoid(2u) = (1 + tanh u) / 2
+        if backward:                                            # d/dx [x s] with ds/du = 2 s (1 - s)
+            out[i] = dy[i] * (s + c2 * v * s * (one - s) * (one + a3 * v * v))
+        else:
+            out[i] = v * s
+
+
+def _flat(fn, x):
+    (x,) = checks.floats(fn, x=x)
+    return x, np.ascontiguousarray(x).reshape(-1)
+
+
+def gelu(x):
+    x, xf = _flat("gelu", x)
+    out = np.empty(x.shape, x.dtype)
+    if x.size:
+        _gelu(xf, xf, out.reshape(-1), False)
+    return out
+
+
+def gelu_backward(x, dy):
+    checks.same_shape("gelu_backward", x=x, dy=dy)
+    x, dy = checks.floats("gelu_backward", x=x, dy=dy)
+    out = np.empty(x.shape, x.dtype)
+    if x.size:
+        _gelu(np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(dy).reshape(-1), out.reshape(-1), True)
+    return out
+
+
+@jit(parallel=True)
+def _layer_norm(x, w, b, eps, y, mean, rstd):
+    R, N = x.shape
+    zero, one, inv_n = x.dtype.type(0), x.dtype.type(1), x.dtype.type(1 / N)
+    for r in prange(R):
+        xr, yr = x[r], y[r]
+        s = zero
+        for j in range(N):
+            s += xr[j]
+        mu = s * inv_n
+        v = zero
+        for j in range(N):
+            v += (xr[j] - mu) * (xr[j] - mu)
+        rs = one / math.sqrt(v * inv_n + eps)
+        for j in range(N):
+            yr[j] = (xr[j] - mu) * rs * w[j] + b[j]
+        mean[r], rstd[r] = mu, rs
+
+
+@jit(parallel=True)
+def _layer_norm_backward(dy, x, w, mean, rstd, dx, dw_parts, db_parts):
+    R, N = x.shape
+    tasks, zero, inv_n = dw_parts.shape[0], x.dtype.type(0), x.dtype.type(1 / N)
+    for t in prange(tasks):
+        for r in range(t * R // tasks, (t + 1) * R // tasks):
+            xr, gr, o = x[r], dy[r], dx[r]
+            mu, rs = mean[r], rstd[r]
+            sg = sgx = zero
+            for j in range(N):
+                xhat = (xr[j] - mu) * rs
+                g = gr[j] * w[j]
+                sg += g
+                sgx += g * xhat
+                dw_parts[t, j] += gr[j] * xhat
+                db_parts[t, j] += gr[j]
+            sg, sgx = sg * inv_n, sgx * inv_n
+            for j in range(N):
+                xhat = (xr[j] - mu) * rs
+                o[j] = rs * (gr[j] * w[j] - sg - xhat * sgx)
+
+
+def _ln_params(fn, x, weight, bias):
+    checks.at_least_1d(fn, "x", x)
+    N = np.shape(x)[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and np.shape(p) != (N,):
+            raise ValueError(f"{fn}: {name} must have shape ({N},) to match x {np.shape(x)}, got {np.shape(p)}")
+    return N
+
+
+def layer_norm(x, weight, bias, eps):
+    """Returns (y, mean, rstd); mean and rstd have shape x.shape[:-1] + (1,)."""
+    N = _ln_params("layer_norm", x, weight, bias)
+    x, w, b = checks.floats("layer_norm", x=x, weight=np.ones(N, np.asarray(x).dtype) if weight is None else weight,
+                            bias=np.zeros(N, np.asarray(x).dtype) if bias is None else bias)
+    x2 = np.ascontiguousarray(x).reshape(-1, N)
+    y, mean, rstd = np.empty(x.shape, x.dtype), np.empty(x2.shape[0], x.dtype), np.empty(x2.shape[0], x.dtype)
+    if x.size:
+        _layer_norm(x2, np.ascontiguousarray(w), np.ascontiguousarray(b), x.dtype.type(eps), y.reshape(x2.shape), mean, rstd)
+    lead = x.shape[:-1] + (1,)
+    return y, mean.reshape(lead), rstd.reshape(lead)
+
+
+def layer_norm_backward(dy, x, weight, mean, rstd):
+    """Returns (dx, dweight, dbias); dweight/dbias are summed over every leading axis."""
+    N = _ln_params("layer_norm_backward", x, weight, None)
+    checks.same_shape("layer_norm_backward", dy=dy, x=x)
+    lead = np.shape(x)[:-1] + (1,)
+    if np.shape(mean) != lead or np.shape(rstd) != lead:
+        raise ValueError(f"layer_norm_backward: mean and rstd must have shape {lead}, got {np.shape(mean)}, {np.shape(rstd)}")
+    dy, x, w, mean, rstd = checks.floats("layer_norm_backward", dy=dy, x=x, mean=mean, rstd=rstd,
+                                         weight=np.ones(N, np.asarray(x).dtype) if weight is None else weight)
+    x2 = np.ascontiguousarray(x).reshape(-1, N)
+    R = x2.shape[0]
+    tasks = max(1, min(R, 4 * 2))
+    dx = np.empty(x.shape, x.dtype)
+    dw_parts, db_parts = np.zeros((tasks, N)), np.zeros((tasks, N))
+    if x.size:
+        _layer_norm_backward(np.ascontiguousarray(dy).reshape(-1, N), x2, np.ascontiguousarray(w),
+                             mean.reshape(-1), rstd.reshape(-1), dx.reshape(-1, N), dw_parts, db_parts)
+    return dx, dw_parts.sum(0).astype(x.dtype), db_parts.sum(0).astype(x.dtype)
+
+
+@jit(parallel=True)
+def _cross_entropy(logits, targets, ignore_index, losses, lse):
+    N, V = logits.shape
+    for r in prange(N):
+        xr = logits[r]
+        m = xr[0]
+        for j in range(V):
+            m = vmax(m, xr[j])
+        s = logits.dtype.type(0)
+        for j in range(V):
+            s += vexp(xr[j] - m)
+        lse[r] = m + math.log(s)
+        t = targets[r]
+        losses[r] = 0 if t == ignore_index else lse[r] - xr[t]
+
+
+@jit(parallel=True)
+def _cross_entropy_backward(logits, targets, lse, ignore_index, scale, out):
+    N, V = logits.shape
+    for r in prange(N):
+        xr, o, t = logits[r], out[r], targets[r]
+        if t == ignore_index:
+            o[:] = 0
+            continue
+        sc, l = scale[r], lse[r]
+        for j in range(V):
+            o[j] = sc * vexp(xr[j] - l)
+        o[t] -= sc
+
+
+def _ce_check(fn, logits, targets, ignore_index):
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"{fn}: needs logits (N, V) and targets (N,), got logits {logits.shape}, targets {targets.shape}")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: targets must be integers, got {targets.dtype}")
+    (logits,) = checks.floats(fn, logits=logits)
+    if logits.shape[0] and logits.shape[1] == 0:
+        raise ValueError(f"{fn}: logits need at least one class, got {logits.shape}")
+    keep = targets != ignore_index
+    if np.any(keep & ((targets < 0) | (targets >= logits.shape[1]))):
+        raise ValueError(f"{fn}: targets must lie in [0, {logits.shape[1]}) or equal ignore_index={ignore_index}")
+    return np.ascontiguousarray(logits), targets.astype(np.int64)
+
+
+def cross_entropy(logits, targets, ignore_index):
+    """Per-row loss lse(logits) - logits[target]; 0 where target == ignore_index. Returns (losses, lse)."""
+    logits, targets = _ce_check("cross_entropy", logits, targets, ignore_index)
+    losses, lse = np.empty(len(targets), logits.dtype), np.empty(len(targets), logits.dtype)
+    if len(targets):
+        _cross_entropy(logits, targets, ignore_index, losses, lse)
+    return losses, lse
+
+
+def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
+    """scale * (softmax - onehot(target)) on kept rows, 0 elsewhere; scale a scalar or (N,)."""
+    logits, targets = _ce_check("cross_entropy_backward", logits, targets, ignore_index)
+    if np.shape(lse) != targets.shape:
+        raise ValueError(f"cross_entropy_backward: lse must have shape {targets.shape}, got {np.shape(lse)}")
+    dt = logits.dtype
+    scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, dt), targets.shape))
+    out = np.empty(logits.shape, dt)
+    if len(targets):
+        _cross_entropy_backward(logits, targets, np.asarray(lse, dt), ignore_index, scale, out)
+    return out
