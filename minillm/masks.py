@@ -48,7 +48,8 @@ def causal(T):
 def check_prefix_len(prefix_len, T, B=None):
     """Validate a prefix length against sequence length ``T`` (and batch size ``B`` if given).
 
-    Accepts an int or a 1-D integer array of shape ``(B,)``; returns an int or an int64 array.
+    Accepts an int (or 0-d integer array) or a 1-D integer array of shape ``(B,)``; returns an
+    int or an int64 array.
     Raises ``ValueError`` naming ``prefix_len`` and the bad value otherwise.
     """
     if isinstance(prefix_len, (bool, np.bool_)):
@@ -58,6 +59,8 @@ def check_prefix_len(prefix_len, T, B=None):
             raise ValueError(f"prefix_len must lie in [0, T={T}], got {int(prefix_len)}")
         return int(prefix_len)
     P = np.asarray(prefix_len)
+    if P.ndim == 0 and np.issubdtype(P.dtype, np.integer):
+        return check_prefix_len(int(P), T, B)
     if P.ndim != 1 or not np.issubdtype(P.dtype, np.integer):
         raise ValueError(
             f"prefix_len must be an int or a 1-D integer array, got shape {P.shape} dtype {P.dtype}")

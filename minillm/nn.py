@@ -19,7 +19,9 @@ before the output layer (see `models.py`).
 **Initialisation (GPT-2).** Linear and embedding weights ~ N(0, 0.02), biases 0,
 LayerNorm weight 1 and bias 0. The two projections that write into the residual stream
 (attention output, second feed-forward layer) get std ``0.02 / sqrt(2 * n_layers)`` so
-that the stream's variance does not grow with depth. Every random draw comes from a
+that the stream's variance does not grow with depth (``n_layers`` is the depth of the
+block's own stack; an ED decoder layer has a third branch, cross-attention, which we scale
+the same way for simplicity). Every random draw comes from a
 `np.random.Generator` passed in, so a model is a function of its seed.
 
 **Attention probes.** Inside ``with record_attention() as probes:`` every attention layer

@@ -125,6 +125,11 @@ def test_prefix_wrong_type_or_shape(P):
         masks.prefix(4, P)
 
 
+def test_zero_dim_prefix_is_an_int():
+    np.testing.assert_array_equal(masks.prefix(5, np.array(2)), masks.prefix(5, 2))
+    np.testing.assert_array_equal(masks.prefix(5, np.int32(2)), masks.prefix(5, 2))
+
+
 def test_prefix_array_out_of_range_names_value():
     with pytest.raises(ValueError, match="7"):
         masks.prefix(4, np.array([1, 7]))

@@ -477,7 +477,7 @@ def test_tiny_model_learns_to_reverse(arch):
     step = adam(m.parameters(), 3e-3)
     rng = np.random.default_rng(0)
     losses = []
-    for _ in range(250):
+    for _ in range(200):
         x = rng.integers(0, n, (B, L))
         y = x[:, ::-1]
         if arch == "ed":
