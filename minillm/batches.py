@@ -79,7 +79,9 @@ PAIRS = tuple((a, o) for a in ARCHS for o in OBJECTIVES if (a, o) != ("ed", "flm
 @dataclass
 class Batch:
     """One batch. Decoder-only: ``tokens``, ``prefix_len``, ``targets``. Encoder-decoder:
-    ``src``, ``tgt_in``, ``targets``. ``model(*batch.inputs)`` calls the model."""
+    ``src``, ``tgt_in``, ``targets``. ``model(*batch.inputs)`` calls the model. All arrays
+    are int64 ``(B, ...)``. ``objective`` is "flm", "plm", "mlm" or "prompt"
+    (``make_prompt_batch``)."""
 
     arch: str
     objective: str
@@ -145,7 +147,8 @@ def _cut(objective, x, index, tok, rng, noise_density, mean_span_length):
 
 
 def _layout(arch, ctx, out, tok, src_eos):
-    """(fed_a, fed_b, targets, prefix_len) for one example; fed_b is None for decoders."""
+    """``(fed_a, fed_b, targets, len(ctx))`` for one example: decoders feed ``fed_a`` =
+    tokens (``fed_b`` is None); ED feeds ``fed_a`` = src and ``fed_b`` = tgt_in."""
     bos = np.array([tok.bos_id], dtype=np.int64)
     loss = out.astype(np.int64)
     if arch == "ed":
