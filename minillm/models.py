@@ -31,7 +31,7 @@ The implementation is dense: it computes every query-key score and masks afterwa
 Cross-attention costs ``2*2*d^2 + 2*2*S*d`` per target token (q, out, scores, mix) plus
 ``2*2*d^2`` per source token per layer for its keys and values.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import numbers
 
 import numpy as np
@@ -98,6 +98,14 @@ class _Model(nn.Module):
         self.dropout_rng = np.random.default_rng(rng.integers(2 ** 63))
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model, rng=rng, dtype=dt)
         return dt
+
+    def to(self, dtype):
+        """Cast every parameter (e.g. to float64 for gradient checks); the config follows."""
+        super().to(dtype)
+        self.config = replace(self.config, dtype=np.dtype(dtype).name)
+        return self
+
+    astype = to
 
     def _pad_keys(self, tokens):
         pad = self.config.pad_id

@@ -381,6 +381,7 @@ def test_float32_default_and_float64():
     assert logits(m, np.array([[1, 2]])).dtype == np.float32
     m.to(np.float64)
     assert logits(m, np.array([[1, 2]])).dtype == np.float64
+    assert m.config.dtype == "float64" and cfg.dtype == "float32"  # the shared config is not edited
 
 
 # ---- bad input ------------------------------------------------------------------------------------
