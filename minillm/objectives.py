@@ -108,25 +108,25 @@ def apply_noise_mask(tokens, noise_mask, sentinels):
             f"tokens and noise_mask must be 1-D of the same length, got shapes "
             f"{tokens.shape} and {mask.shape}"
         )
-    starts = np.flatnonzero(mask & ~np.concatenate(([False], mask[:-1])))
+    is_start = mask & ~np.concatenate(([False], mask[:-1]))  # first token of a noise span
+    n_spans = int(is_start.sum())
     sentinels = np.asarray(sentinels, dtype=np.int64).reshape(-1)
-    if len(starts) > len(sentinels):
+    if n_spans > len(sentinels):
         raise ValueError(
-            f"out of sentinels: {len(starts)} noise spans but only {len(sentinels)} sentinels "
+            f"out of sentinels: {n_spans} noise spans but only {len(sentinels)} sentinels "
             f"(give the tokenizer more sentinels or use shorter sequences)"
         )
-    inputs, targets = [], []
-    span = -1
-    for i, (tok, noisy) in enumerate(zip(tokens.tolist(), mask.tolist())):
-        if noisy:
-            if i == 0 or not mask[i - 1]:
-                span += 1
-                inputs.append(int(sentinels[span]))
-                targets.append(int(sentinels[span]))
-            targets.append(tok)
-        else:
-            inputs.append(tok)
-    return np.asarray(inputs, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+    span = np.cumsum(is_start) - 1  # index of the span a noise token belongs to
+    # inputs: kept tokens; span k's first token becomes sentinel k, the rest are dropped
+    inputs = tokens.astype(np.int64)
+    inputs[is_start] = sentinels[:n_spans]
+    inputs = inputs[~mask | is_start]
+    # targets: span k's tokens move right by k + 1, making room for sentinel k before them
+    noise = np.flatnonzero(mask)
+    targets = np.empty(len(noise) + n_spans, dtype=np.int64)
+    targets[np.arange(len(noise)) + span[noise] + 1] = tokens[noise]
+    targets[np.flatnonzero(is_start[noise]) + np.arange(n_spans)] = sentinels[:n_spans]
+    return inputs, targets
 
 
 def span_corruption(tokens, sentinels, noise_density=0.15, mean_span_length=3.0, rng=None):
