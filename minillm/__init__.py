@@ -7,3 +7,4 @@ from .models import ModelConfig, build_model
 __version__ = "0.1.0"
 from . import optim
 from . import checkpoint
+from . import trainer

@@ -1,0 +1,522 @@
+"""Training: a config, a deterministic stream of batches, and one loop.
+
+    cfg = TrainConfig(arch="cd", objective="flm", preset="smoke")
+    corpus = load_corpus(cfg)                          # tokenizer + train/val documents
+    trainer = Trainer(cfg, corpus, out_dir="runs/x")   # builds the model and the optimiser
+    trainer.fit()                                      # trains until cfg.tokens are seen
+
+**Budgets are tokens seen** (non-pad tokens fed to the model, as the study matches them),
+not steps and not tokens that carry a loss. The learning-rate schedule is a function of
+tokens seen too, so a budget means the same thing for every arch:objective pair.
+
+**Reproducible to the bit.** The batch of step ``s`` depends only on ``(seed, s)`` (see
+``BatchStream``); the model's initial weights only on ``seed``; dropout draws from the
+model's own Generator, whose state is saved. So the same config gives the same losses, and
+resuming from a checkpoint gives exactly the weights of a run that never stopped.
+
+**Never loses work.** ``out_dir`` holds ``checkpoint.npz`` (written atomically every
+``checkpoint_every`` steps, at the end, and on Ctrl-C), ``config.json`` (the resolved
+config) and ``log.jsonl`` (one JSON object per logged step and per evaluation). A
+non-finite loss or gradient stops training with ``NonFiniteLoss`` before the optimiser
+touches the weights, and leaves the last good checkpoint in place.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import functional as F
+from . import optim
+from .batches import IGNORE_INDEX, check_pair, longest_fitting, make_batch
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, write_json_atomic
+from .models import ModelConfig, build_model
+from .tensor import no_grad
+
+__all__ = ["TrainConfig", "PRESETS", "Corpus", "load_corpus", "BatchStream", "Trainer",
+           "NonFiniteLoss", "Interrupted", "evaluate_loss"]
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run. ``preset`` fills any field left as None."""
+
+    arch: str = "cd"
+    objective: str = "flm"
+    data: str = "world"             # "world" (the built-in synthetic world) or a UTF-8 text file
+    preset: str = "default"         # smoke | default | large: model size, budget, world size
+    seed: int = 0                   # model initialisation, data order, dropout
+    world_seed: int = 0             # which world (facts) the built-in data describes
+    # model (vocab_size comes from the tokenizer)
+    d_model: int = None
+    n_heads: int = None
+    n_layers: int = None            # per stack for "ed"
+    d_ff: int = None
+    max_len: int = None             # positions per row (each of source and target for "ed")
+    dropout: float = 0.0
+    # optimisation
+    tokens: int = None              # budget: tokens seen
+    batch_size: int = None          # rows per micro-batch
+    grad_accum: int = 1             # micro-batches per optimiser step
+    lr: float = None
+    schedule: str = "cosine"        # constant | cosine | inverse_sqrt, after a linear warm-up
+    warmup: float = 0.05            # warm-up length as a fraction of the budget
+    min_lr: float = 0.1             # cosine floor as a fraction of lr
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0          # max global gradient norm; 0 = no clipping
+    # bookkeeping
+    log_every: int = 10             # steps between log records
+    eval_every: int = 100           # steps between evaluations (0 = only at the end)
+    eval_batches: int = 4
+    checkpoint_every: int = 200     # steps between checkpoints (always one at the end)
+
+    def resolved(self):
+        """A copy with the preset's values filled in and every field checked."""
+        preset = PRESETS.get(self.preset)
+        if preset is None:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        values = dataclasses.asdict(self)
+        for k, v in preset.items():
+            if values[k] is None:
+                values[k] = v
+        cfg = TrainConfig(**values)
+        cfg.arch, cfg.objective = check_pair(cfg.arch, cfg.objective)
+        for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_len", "tokens", "batch_size",
+                     "grad_accum", "log_every", "eval_batches", "checkpoint_every"):
+            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
+        if cfg.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {cfg.eval_every!r}")
+        if not (cfg.lr > 0 and 0 <= cfg.warmup < 1 and 0 <= cfg.min_lr <= 1 and cfg.grad_clip >= 0):
+            raise ValueError("need lr > 0, 0 <= warmup < 1, 0 <= min_lr <= 1 and grad_clip >= 0")
+        if cfg.schedule not in optim.Schedule.KINDS:
+            raise ValueError(f"schedule must be one of {optim.Schedule.KINDS}, got {cfg.schedule!r}")
+        return cfg
+
+    @classmethod
+    def from_dict(cls, d, source="config"):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {unknown}")
+        return cls(**d)
+
+    def model_config(self, tokenizer):
+        return ModelConfig(vocab_size=tokenizer.vocab_size, d_model=self.d_model, n_heads=self.n_heads,
+                           n_layers=self.n_layers, d_ff=self.d_ff, max_len=self.max_len,
+                           dropout=self.dropout, pad_id=tokenizer.pad_id)
+
+
+# The default preset is the model and budget that learned the world's facts in the
+# prototype (REFERENCE.md section 4): 800 steps x 32 rows x 64 positions.
+PRESETS = {
+    "smoke": dict(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=32, batch_size=8,
+                  tokens=8 * 32 * 12, lr=3e-3),
+    "default": dict(d_model=128, n_heads=4, n_layers=4, d_ff=512, max_len=64, batch_size=32,
+                    tokens=800 * 32 * 64, lr=3e-3),
+    "large": dict(d_model=128, n_heads=4, n_layers=4, d_ff=512, max_len=64, batch_size=32,
+                  tokens=3200 * 32 * 64, lr=3e-3),
+}
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Corpus:
+    """A tokenizer, training documents and validation documents (1-D integer id arrays of any
+    length). ``train`` is a list, or a function ``epoch -> list`` for data that is drawn
+    afresh each epoch (the world states its facts in newly sampled templates every epoch)."""
+
+    tokenizer: object
+    train: object
+    val: list
+    name: str = ""
+
+    def train_docs(self, epoch):
+        return self.train(epoch) if callable(self.train) else self.train
+
+
+def load_corpus(cfg):
+    """The corpus a (resolved) config names: the built-in world or a text file."""
+    if cfg.data == "world":
+        return _world_corpus(cfg)
+    return _file_corpus(cfg.data, longest_fitting(cfg.arch, cfg.objective, cfg.max_len))
+
+
+def _file_corpus(path, length):
+    """A UTF-8 text file, byte-tokenized, cut into documents of ``length`` tokens; the last
+    5% of them (at least one) are held out for validation."""
+    from .tokenizer import ByteTokenizer, file_sequences
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path!r} does not exist (use --data world for the built-in world)")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"data file {path!r} is not readable")
+    tok = ByteTokenizer()
+    docs = [np.asarray(d, dtype=np.int32) for d in file_sequences(path, tok, length)]
+    n_val = max(1, len(docs) // 20) if len(docs) > 1 else 0
+    train, val = docs[:len(docs) - n_val], docs[len(docs) - n_val:]
+    return Corpus(tok, train, val or train, name=os.path.basename(path))
+
+
+VAL_EPOCH = 999_999  # the world epoch whose sentences serve as validation text
+
+
+def _world_corpus(cfg):
+    """The built-in world of the config's preset: each sentence is a document; training
+    epoch e uses the world's sentences of epoch e (facts restated in fresh templates)."""
+    from .world import World
+    world = World(cfg.preset, seed=cfg.world_seed)
+    tok = world.tokenizer
+
+    def sentences(epoch):
+        return [tok.encode(s) for s in world.sentences(epoch)]
+
+    return Corpus(tok, sentences, sentences(VAL_EPOCH), name=f"world:{cfg.preset}:{cfg.world_seed}")
+
+
+class BatchStream:
+    """The batches of a run, as a pure function of ``(seed, index)``.
+
+    Each epoch's documents are joined greedily, in a seeded shuffled order, into *examples*
+    of at most ``L`` tokens, ``L`` being the longest sequence whose ``arch:objective``
+    layout fits ``max_len`` positions; documents inside an example are separated by EOS
+    (for FLM this is packing). A document longer than ``L`` is cut into pieces.
+
+    Batch ``i`` holds rows ``i*B .. i*B+B-1`` of an endless stream. Row ``k`` is example
+    ``k mod N`` (in a seeded permutation) of epoch ``k div N``, where ``N`` is the number of
+    examples of epoch 0 (another epoch with a few more or fewer examples repeats or skips
+    a few). The PLM split points and MLM noise spans of batch ``i`` come from
+    ``default_rng([seed, i])``. Nothing else is random, so resuming at any step is exact.
+    """
+
+    def __init__(self, arch, objective, corpus, batch_size, max_len, seed, docs=None):
+        self.arch, self.objective = check_pair(arch, objective)
+        self.corpus, self.tokenizer = corpus, corpus.tokenizer
+        self.batch_size, self.max_len, self.seed = batch_size, max_len, seed
+        self.length = longest_fitting(arch, objective, max_len)
+        self._docs = docs  # a fixed list (validation), else corpus.train_docs(epoch)
+        self._epoch, self._examples = None, None
+        self.per_epoch = len(self._epoch_examples(0))
+
+    def _epoch_examples(self, epoch):
+        if epoch != self._epoch:
+            docs = self._docs if self._docs is not None else self.corpus.train_docs(epoch)
+            docs = [np.asarray(d, dtype=np.int64) for d in docs if len(d)]
+            if not docs:
+                raise ValueError(f"empty corpus {self.corpus.name!r}: no documents with tokens")
+            rng = np.random.default_rng([self.seed, 7, epoch])
+            examples = self._join([docs[i] for i in rng.permutation(len(docs))],
+                                  self.tokenizer.eos_id, self.length)
+            self._epoch, self._examples = epoch, [examples[i] for i in rng.permutation(len(examples))]
+        return self._examples
+
+    @staticmethod
+    def _join(docs, eos, length):
+        examples, current, used = [], [], 0
+        for doc in docs:
+            for start in range(0, len(doc), length):
+                piece = doc[start:start + length]
+                if current and used + 1 + len(piece) > length:
+                    examples.append(np.concatenate(current))
+                    current, used = [], 0
+                if current:
+                    current.append(np.array([eos], dtype=np.int64))
+                    used += 1
+                current.append(piece)
+                used += len(piece)
+        if current:
+            examples.append(np.concatenate(current))
+        return examples
+
+    def _row(self, k):
+        epoch, pos = divmod(k, self.per_epoch)
+        examples = self._epoch_examples(epoch)
+        return examples[pos % len(examples)]
+
+    def batch(self, index):
+        seqs = [self._row(index * self.batch_size + j) for j in range(self.batch_size)]
+        return make_batch(self.arch, self.objective, seqs, self.tokenizer,
+                          np.random.default_rng([self.seed, index]), self.max_len)
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+
+def _loss(model, batch):
+    return F.cross_entropy(model(*batch.inputs), batch.targets, ignore_index=IGNORE_INDEX)
+
+
+def evaluate_loss(model, batches):
+    """Token-weighted mean loss, perplexity and next-token accuracy over ``batches`` (eval
+    mode, no graph). Returns a dict with ``val_loss``, ``val_ppl``, ``val_acc``, ``val_tokens``."""
+    was_training = model.training
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    try:
+        with no_grad():
+            for b in batches:
+                logits = model(*b.inputs)
+                loss = F.cross_entropy(logits, b.targets, ignore_index=IGNORE_INDEX).item()
+                keep = b.targets != IGNORE_INDEX
+                total += loss * keep.sum()
+                correct += int((logits.data.argmax(-1) == b.targets)[keep].sum())
+                n += int(keep.sum())
+    finally:
+        model.train(was_training)
+    mean = total / max(n, 1)
+    mean = float(mean)
+    return {"val_loss": mean, "val_ppl": math.exp(min(mean, 700.0)), "val_acc": correct / max(n, 1),
+            "val_tokens": n}
+
+
+# ---- progress ------------------------------------------------------------------------------------
+
+class Progress:
+    """A tqdm bar over tokens seen when tqdm is installed (``minillm[extras]``), else one plain
+    line every ``every`` seconds. Both show tokens/s, loss and ETA."""
+
+    def __init__(self, total, initial=0, enabled=True, every=10.0, stream=None):
+        self.total, self.done, self.enabled, self.every = total, initial, enabled, every
+        self.stream = stream or sys.stderr
+        self.start, self.start_done, self.last_print = time.perf_counter(), initial, 0.0
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True,
+                                dynamic_ncols=True, file=self.stream, smoothing=0.1)
+
+    def rate(self):
+        elapsed = time.perf_counter() - self.start
+        return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+
+    def update(self, tokens, step, loss):
+        self.done += tokens
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(tokens)
+            self.bar.set_postfix_str(f"step {step} loss {loss:.4f}", refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self.last_print >= self.every or self.done >= self.total:
+            self.last_print = now
+            rate = self.rate()
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            print(f"step {step} | {self.done:,}/{self.total:,} tokens | loss {loss:.4f} | "
+                  f"{rate:,.0f} tok/s | ETA {_duration(eta)}", file=self.stream, flush=True)
+
+    def write(self, text):
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        elif self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds):
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+
+class NonFiniteLoss(RuntimeError):
+    """Training stopped because the loss or the gradient norm was NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C (SIGINT) after saving a checkpoint."""
+
+
+class Trainer:
+    """Owns the model, the optimiser, the schedule, the batch stream and the run directory.
+
+    ``Trainer(cfg, corpus, out_dir)`` builds a fresh model from ``cfg.seed``;
+    ``Trainer.resume(out_dir, corpus)`` rebuilds one from ``out_dir/checkpoint.npz``.
+    """
+
+    def __init__(self, cfg, corpus, out_dir=None, progress=True, model=None):
+        self.cfg = cfg = cfg.resolved()
+        self.corpus, self.out_dir, self.show_progress = corpus, out_dir, progress
+        self.model = model if model is not None else build_model(
+            cfg.arch, cfg.model_config(corpus.tokenizer), seed=cfg.seed)
+        self.opt = optim.AdamW(self.model, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                               weight_decay=cfg.weight_decay)
+        self.schedule = optim.Schedule(cfg.schedule, cfg.lr, warmup=int(cfg.warmup * cfg.tokens),
+                                       total=cfg.tokens, min_lr=cfg.min_lr * cfg.lr)
+        self.stream = BatchStream(cfg.arch, cfg.objective, corpus, cfg.batch_size, cfg.max_len, cfg.seed)
+        val = BatchStream(cfg.arch, cfg.objective, corpus, cfg.batch_size, cfg.max_len,
+                          seed=cfg.seed + 1_000_003, docs=corpus.val)
+        self.val_batches = [val.batch(i) for i in range(cfg.eval_batches)]
+        self.step, self.tokens_seen = 0, 0
+        self.last_checkpoint_step = None
+        self._stop = False
+
+    # ---- run directory -------------------------------------------------------------------
+    def path(self, name):
+        return None if self.out_dir is None else os.path.join(self.out_dir, name)
+
+    def config_dict(self):
+        d = dataclasses.asdict(self.cfg)
+        d["model"] = dataclasses.asdict(self.model.config)
+        d["corpus"] = self.corpus.name
+        return d
+
+    def save(self):
+        """Write the checkpoint (atomically) and the resolved config beside it."""
+        if self.out_dir is None:
+            return
+        os.makedirs(self.out_dir, exist_ok=True)
+        save_checkpoint(self.path("checkpoint.npz"), self.model, self.opt, step=self.step,
+                        tokens_seen=self.tokens_seen, config=dataclasses.asdict(self.cfg),
+                        tokenizer=self.corpus.tokenizer,
+                        rng_states={"dropout": rng_state(self.model.dropout_rng)})
+        write_json_atomic(self.path("config.json"), self.config_dict())
+        self.last_checkpoint_step = self.step
+
+    @classmethod
+    def resume(cls, out_dir, corpus=None, progress=True, **overrides):
+        """Continue the run in ``out_dir`` from its checkpoint. ``overrides`` may change
+        bookkeeping fields (e.g. ``tokens`` to extend the budget) but not the model."""
+        ck = load_checkpoint(os.path.join(out_dir, "checkpoint.npz"))
+        cfg = TrainConfig.from_dict({**ck.config, **overrides}, source=ck.path)
+        if corpus is None:
+            corpus = load_corpus(cfg.resolved())
+        if corpus.tokenizer.to_dict() != ck.meta.get("tokenizer"):
+            raise ck.error("was trained with another tokenizer than this data gives")
+        trainer = cls(cfg, corpus, out_dir, progress)
+        ck.restore(trainer.model, trainer.opt, rngs={"dropout": trainer.model.dropout_rng})
+        trainer.opt.lr = trainer.schedule(ck.tokens_seen)
+        trainer.step, trainer.tokens_seen = ck.step, ck.tokens_seen
+        trainer.last_checkpoint_step = ck.step
+        trainer._trim_log()
+        return trainer
+
+    def _trim_log(self):
+        """Drop log records written after the checkpoint we resume from (they will be redone)."""
+        path = self.path("log.jsonl")
+        if path is None or not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        from .checkpoint import atomic_write
+        atomic_write(path, lambda f: f.write("".join(keep).encode("utf-8")))
+
+    def log(self, record):
+        path = self.path("log.jsonl")
+        if path is not None:
+            os.makedirs(self.out_dir, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ---- one step ------------------------------------------------------------------------
+    def train_step(self):
+        """One optimiser step over ``grad_accum`` micro-batches; returns its log record.
+
+        Each micro-batch's mean loss is weighted by its share of the step's loss tokens, so
+        the accumulated gradient is that of one batch holding every micro-batch."""
+        cfg = self.cfg
+        batches = [self.stream.batch(self.step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
+        n_loss = sum(b.loss_tokens for b in batches)
+        lr = self.schedule(self.tokens_seen)
+        self.opt.lr = lr
+        self.model.train()
+        self.opt.zero_grad()
+        loss_value = 0.0
+        for b in batches:
+            w = b.loss_tokens / max(n_loss, 1)
+            loss = _loss(self.model, b)
+            (loss * w).backward()
+            loss_value += loss.item() * w
+        if cfg.grad_clip > 0:
+            norm = optim.clip_grad_norm(self.opt.params, cfg.grad_clip)
+        else:
+            norm = optim.grad_norm(self.opt.params)
+        if not (math.isfinite(loss_value) and math.isfinite(norm)):
+            where = (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in "
+                     f"{self.path('checkpoint.npz')}" if self.last_checkpoint_step is not None
+                     else "no checkpoint was written")
+            raise NonFiniteLoss(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} "
+                                f"at step {self.step + 1} (loss {loss_value}, grad norm {norm}); "
+                                f"weights not updated; {where}")
+        self.opt.step()
+        self.step += 1
+        seen = sum(b.tokens_seen for b in batches)
+        self.tokens_seen += seen
+        return {"step": self.step, "tokens": self.tokens_seen, "loss": loss_value, "lr": lr,
+                "grad_norm": norm, "step_tokens": seen, "loss_tokens": n_loss}
+
+    def evaluate(self):
+        return evaluate_loss(self.model, self.val_batches)
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self, max_steps=None):
+        """Train until ``cfg.tokens`` tokens have been seen (or ``max_steps`` steps in total).
+        Returns the final evaluation record. Raises ``Interrupted`` after Ctrl-C (having saved
+        a checkpoint) and ``NonFiniteLoss`` on a NaN/inf loss (keeping the last checkpoint)."""
+        cfg = self.cfg
+        progress = Progress(cfg.tokens, self.tokens_seen, self.show_progress)
+        restore_sigint = self._catch_sigint()
+        try:
+            timer, timed_tokens = time.perf_counter(), 0
+            while self.tokens_seen < cfg.tokens and (max_steps is None or self.step < max_steps):
+                if self._stop:
+                    self.save()
+                    raise Interrupted(f"interrupted at step {self.step} ({self.tokens_seen:,} tokens seen)")
+                record = self.train_step()
+                timed_tokens += record["step_tokens"]
+                progress.update(record["step_tokens"], self.step, record["loss"])
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    elapsed = time.perf_counter() - timer
+                    self.log({**record, "tokens_per_s": timed_tokens / elapsed if elapsed > 0 else None})
+                    timer, timed_tokens = time.perf_counter(), 0
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self._evaluate_and_log(progress)
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+            result = self._evaluate_and_log(progress)
+            self.save()
+            return result
+        finally:
+            progress.close()
+            restore_sigint()
+
+    def _evaluate_and_log(self, progress):
+        result = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
+        self.log(result)
+        progress.write(f"step {self.step}: val loss {result['val_loss']:.4f}, "
+                       f"ppl {result['val_ppl']:.2f}, acc {result['val_acc']:.3f}")
+        return result
+
+    def _catch_sigint(self):
+        """Make the first Ctrl-C ask the loop to stop at the next step boundary (so the
+        checkpoint never holds a half-updated step); a second one interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
