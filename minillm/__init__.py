@@ -8,3 +8,4 @@ __version__ = "0.1.0"
 from . import optim
 from . import checkpoint
 from . import trainer
+from . import generate
