@@ -1,0 +1,400 @@
+"""The ``minillm`` command (also ``python -m minillm``).
+
+    minillm train --arch cd --objective flm [--data world|FILE] [--preset smoke|default|large]
+                  [--out DIR] [--force | --resume] [--config FILE.json|.toml] [--lr ...]
+    minillm generate CHECKPOINT --prompt "..." [--max-new-tokens N] [--temperature T] [--top-k K]
+    minillm eval CHECKPOINT [--data world|FILE] [--batches N] [--json]
+    minillm describe [--preset P] [--config FILE] [--d-model ...]   parameters and FLOPs, all archs
+
+Exit codes: 0 success; 1 training stopped on a non-finite loss; 2 bad arguments or input
+(one line on stderr, no traceback); 130 interrupted by Ctrl-C (after saving a checkpoint).
+
+**Adding a subcommand** (e.g. ``study``, ``rank``): in your own module write
+``add_arguments(parser)`` and ``run(args) -> int``, then add one ``Command(...)`` line to
+``commands()`` below, in the marked place. Raise ``UsageError`` (or ``ValueError``/``OSError``
+while reading arguments and files) for bad input; ``main`` turns it into exit code 2.
+Shared helpers for subcommands: ``add_config_arguments``, ``config_from_args``,
+``open_checkpoint``.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from typing import Callable, NamedTuple
+
+__all__ = ["main", "Command", "commands", "UsageError", "add_config_arguments",
+           "config_from_args", "open_checkpoint"]
+
+
+class UsageError(Exception):
+    """Bad arguments or input: ``main`` prints the message on one line and exits with 2."""
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    add_arguments: Callable  # (argparse.ArgumentParser) -> None
+    run: Callable            # (argparse.Namespace) -> int exit code
+
+
+def commands():
+    """Every subcommand, in the order ``--help`` lists them."""
+    return [
+        Command("train", "train a model (new run, --resume or --force)", add_train_arguments, run_train),
+        Command("generate", "continue a prompt with a trained model", add_generate_arguments, run_generate),
+        Command("eval", "validation loss, perplexity and accuracy of a checkpoint", add_eval_arguments, run_eval),
+        Command("describe", "parameter counts and FLOPs of a config for cd, nd and ed",
+                add_describe_arguments, run_describe),
+        # ---- more subcommands go here, one line each, e.g.:
+        # Command("study", "rerun Wang et al. 2022 at toy scale", study.add_arguments, study.run),
+    ]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (exit code 2, as argparse does)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser():
+    from . import __version__
+    parser = _Parser(prog="minillm", description="minillm: train, sample and inspect small Transformers "
+                     "(causal decoder, prefix decoder, encoder-decoder) on NumPy.")
+    parser.add_argument("--version", action="version", version=f"minillm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for cmd in commands():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help[0].upper() + cmd.help[1:] + ".")
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad argument (code 2, message printed)
+        return e.code if isinstance(e.code, int) else 2
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as e:
+        print(f"minillm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+# ---- configuration from flags and files -------------------------------------------------------
+
+_CONFIG_HELP = {
+    "data": "'world' (the built-in synthetic world, default) or a UTF-8 text file",
+    "preset": "smoke | default | large: model size, token budget and world size",
+    "seed": "seed of the model's initial weights, the data order and dropout",
+    "world_seed": "seed of the built-in world's facts",
+    "tokens": "token budget: tokens seen (fed to the model), not tokens with a loss",
+    "batch_size": "rows per micro-batch",
+    "grad_accum": "micro-batches per optimiser step",
+    "max_len": "positions per row (each of source and target for ed)",
+    "n_layers": "layers (per stack for ed)",
+    "schedule": "learning-rate schedule after the linear warm-up",
+    "warmup": "warm-up as a fraction of the token budget",
+    "min_lr": "final learning rate of the cosine schedule, as a fraction of --lr",
+    "grad_clip": "clip the global gradient norm to this (0 = off)",
+    "eval_every": "steps between evaluations (0 = only at the end)",
+    "checkpoint_every": "steps between checkpoints (there is always one at the end)",
+}
+
+
+_CHOICES = {"preset": ["smoke", "default", "large"], "schedule": ["constant", "cosine", "inverse_sqrt"]}
+
+
+def add_config_arguments(parser, skip=("arch", "objective")):
+    """One ``--flag`` per TrainConfig field (``d_model`` -> ``--d-model``), default None
+    (= from --config or the preset), plus ``--config FILE``."""
+    from .trainer import TrainConfig
+    parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings (flags override it)")
+    group = parser.add_argument_group("settings (default: from --config, else the preset)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+        if f.name in ("preset", "schedule"):
+            group.add_argument("--" + f.name, choices=_CHOICES[f.name], help=_CONFIG_HELP[f.name])
+            continue
+        metavar = "FILE" if f.name == "data" else f.name.upper()
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, metavar=metavar,
+                           help=_CONFIG_HELP.get(f.name, f.name.replace("_", " ")))
+
+
+def _read_config_file(path):
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+            with open(path, "rb") as f:
+                d = tomllib.load(f)
+        else:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path!r} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"config file {path!r} is not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {e}") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"config file {path!r} must hold an object of settings")
+    d.pop("model", None)   # a resolved config.json of another run can be reused as it is
+    d.pop("corpus", None)
+    return d
+
+
+def config_from_args(args):
+    """TrainConfig from (lowest first) defaults, the preset, ``--config`` and the flags;
+    resolved and checked (a bad value is a UsageError)."""
+    from .trainer import TrainConfig
+    values = _read_config_file(args.config) if getattr(args, "config", None) else {}
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    try:
+        return TrainConfig.from_dict(values, source=getattr(args, "config", None) or "settings").resolved()
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def open_checkpoint(path):
+    """Load ``path`` (a checkpoint file or a run directory holding checkpoint.npz)."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.npz")
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+
+# ---- train -------------------------------------------------------------------------------------
+
+RUN_FILES = ("checkpoint.npz", "config.json", "log.jsonl")
+
+
+def add_train_arguments(p):
+    p.add_argument("--arch", choices=["cd", "nd", "ed"],
+                   help="cd: causal decoder (GPT); nd: prefix (non-causal) decoder; ed: encoder-decoder")
+    p.add_argument("--objective", choices=["flm", "plm", "mlm"],
+                   help="flm: full language modeling; plm: prefix LM; mlm: T5 span corruption")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/ARCH-OBJECTIVE-PRESET-sSEED)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true", help="overwrite a run already in --out")
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    add_config_arguments(p)
+
+
+# Settings a resumed run may change: they do not alter the model or the data order.
+_RESUMABLE = ("tokens", "log_every", "eval_every", "eval_batches", "checkpoint_every")
+
+
+def run_train(args):
+    from .trainer import Interrupted, NonFiniteLoss, Trainer, load_corpus
+    if args.resume:
+        if not args.out:
+            raise UsageError("--resume needs --out DIR (the run to continue)")
+        return _resume(args)
+    if args.config is None and (args.arch is None or args.objective is None):
+        raise UsageError("choose --arch (cd, nd, ed) and --objective (flm, plm, mlm), or give --config")
+    cfg = config_from_args(args)
+    out = args.out or os.path.join("runs", f"{cfg.arch}-{cfg.objective}-{cfg.preset}-s{cfg.seed}")
+    existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if existing and not args.force:
+        raise UsageError(f"{out} already holds a run ({', '.join(existing)}); "
+                         "pass --resume to continue it or --force to overwrite it")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} exists and is not a directory")
+    try:
+        corpus = load_corpus(cfg)
+        trainer = Trainer(cfg, corpus, out, progress=not args.no_progress)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    for f in existing:  # --force: replace the old run's files, nothing else in the directory
+        os.remove(os.path.join(out, f))
+    return _fit(trainer, out, Interrupted, NonFiniteLoss)
+
+
+def _resume(args):
+    from .checkpoint import CheckpointError
+    from .trainer import Interrupted, NonFiniteLoss, Trainer, TrainConfig
+    ck = open_checkpoint(args.out)
+    overrides = {}
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is None or v == ck.config.get(f.name):
+            continue
+        if f.name not in _RESUMABLE:
+            raise UsageError(f"cannot change {f.name} when resuming (the checkpoint has "
+                             f"{ck.config.get(f.name)!r}); start a new run with --out")
+        overrides[f.name] = v
+    if args.config:
+        raise UsageError("--config cannot be used with --resume (the run's config is in its checkpoint)")
+    try:
+        trainer = Trainer.resume(args.out, progress=not args.no_progress, **overrides)
+    except (ValueError, OSError, CheckpointError) as e:
+        raise UsageError(str(e)) from None
+    if trainer.tokens_seen >= trainer.cfg.tokens:
+        print(f"{args.out}: the run already saw its budget of {trainer.cfg.tokens:,} tokens; "
+              "raise it with --tokens to train on", file=sys.stderr)
+        return 0
+    return _fit(trainer, args.out, Interrupted, NonFiniteLoss)
+
+
+def _fit(trainer, out, Interrupted, NonFiniteLoss):
+    import time
+    from .checkpoint import write_json_atomic
+    cfg = trainer.cfg
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, "config.json"), trainer.config_dict())
+    print(f"{cfg.arch}:{cfg.objective} on {trainer.corpus.name}: {trainer.model.num_parameters():,} parameters, "
+          f"budget {cfg.tokens:,} tokens seen, run directory {out}", file=sys.stderr)
+    start_tokens, t0 = trainer.tokens_seen, time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Interrupted as e:
+        print(f"{e}; checkpoint saved in {out}; continue with: minillm train --out {out} --resume", file=sys.stderr)
+        return 130
+    except NonFiniteLoss as e:
+        print(f"training stopped: {e}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - t0
+    rate = (trainer.tokens_seen - start_tokens) / elapsed if elapsed > 0 else 0.0
+    print(f"done: step {trainer.step}, {trainer.tokens_seen:,} tokens, val loss {result['val_loss']:.4f} "
+          f"(ppl {result['val_ppl']:.2f}, acc {result['val_acc']:.3f}), {rate:,.0f} tokens/s overall; "
+          f"checkpoint {os.path.join(out, 'checkpoint.npz')}", file=sys.stderr)
+    return 0
+
+
+# ---- generate ----------------------------------------------------------------------------------
+
+def add_generate_arguments(p):
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.npz or a run directory")
+    p.add_argument("--prompt", required=True, help="text to continue (world: words of its vocabulary)")
+    p.add_argument("--max-new-tokens", type=int, default=20, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling")
+    p.add_argument("--no-cache", action="store_true", help="full forward passes instead of the key/value cache")
+
+
+def run_generate(args):
+    from .generate import generate
+    ck = open_checkpoint(args.checkpoint)
+    try:
+        tok = ck.tokenizer()
+        model = ck.build_model()
+        prompt = tok.encode(args.prompt)
+        if args.max_new_tokens < 0 or args.temperature < 0 or (args.top_k is not None and args.top_k < 1):
+            raise ValueError("need --max-new-tokens >= 0, --temperature >= 0 and --top-k >= 1")
+        out = generate(model, prompt, args.max_new_tokens, bos_id=tok.bos_id, eos_id=tok.eos_id,
+                       temperature=args.temperature, top_k=args.top_k, rng=args.seed,
+                       src_eos=(ck.config or {}).get("objective") == "mlm", use_cache=not args.no_cache)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(tok.decode(out))
+    return 0
+
+
+# ---- eval --------------------------------------------------------------------------------------
+
+def add_eval_arguments(p):
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.npz or a run directory")
+    p.add_argument("--data", metavar="FILE", help="'world' or a text file (default: the run's own data)")
+    p.add_argument("--batches", type=int, default=None, metavar="N", help="validation batches (default: the run's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_eval(args):
+    from .trainer import BatchStream, TrainConfig, evaluate_loss, load_corpus
+    ck = open_checkpoint(args.checkpoint)
+    if not ck.config:
+        raise UsageError(f"checkpoint {ck.path} holds no run config")
+    try:
+        values = dict(ck.config)
+        if args.data:
+            values["data"] = args.data
+        if args.batches is not None:
+            values["eval_batches"] = args.batches
+        cfg = TrainConfig.from_dict(values, source=ck.path).resolved()
+        corpus = load_corpus(cfg)
+        if corpus.tokenizer.to_dict() != ck.meta.get("tokenizer"):
+            raise ValueError(f"checkpoint {ck.path} was trained with another tokenizer than data "
+                             f"{cfg.data!r} gives (its vocabulary differs)")
+        model = ck.build_model()
+        val = BatchStream(cfg.arch, cfg.objective, corpus, cfg.batch_size, cfg.max_len,
+                          seed=cfg.seed + 1_000_003, docs=corpus.val)
+        result = evaluate_loss(model, [val.batch(i) for i in range(cfg.eval_batches)])
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+    result = {"checkpoint": ck.path, "step": ck.step, "tokens_seen": ck.tokens_seen,
+              "arch": cfg.arch, "objective": cfg.objective, "data": corpus.name, **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{ck.path} ({cfg.arch}:{cfg.objective}, step {ck.step}, {ck.tokens_seen:,} tokens seen) on "
+              f"{corpus.name}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
+              f"next-token accuracy {result['val_acc']:.3f} over {result['val_tokens']:,} tokens")
+    return 0
+
+
+# ---- describe ----------------------------------------------------------------------------------
+
+def add_describe_arguments(p):
+    p.add_argument("--vocab-size", type=int, default=None, metavar="V",
+                   help="vocabulary size (default: the data's tokenizer)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per arch")
+    add_config_arguments(p, skip=("arch", "objective", "seed", "world_seed", "schedule", "warmup", "min_lr",
+                                  "beta1", "beta2", "weight_decay", "grad_clip", "log_every", "eval_every",
+                                  "eval_batches", "checkpoint_every", "grad_accum"))
+
+
+def run_describe(args):
+    from .models import ModelConfig, build_model
+    cfg = config_from_args(args)
+    if args.vocab_size is not None:
+        vocab, source = args.vocab_size, "--vocab-size"
+    else:
+        try:
+            from .trainer import load_corpus
+            tok = load_corpus(cfg).tokenizer
+        except (ValueError, OSError) as e:
+            raise UsageError(str(e)) from None
+        vocab, source = tok.vocab_size, f"tokenizer of {cfg.data!r}"
+    try:
+        mc = ModelConfig(vocab_size=vocab, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
+                         d_ff=cfg.d_ff, max_len=cfg.max_len, dropout=cfg.dropout)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not args.json:
+        print(f"preset {cfg.preset}: vocab {vocab} ({source}), d_model {mc.d_model}, heads {mc.n_heads}, "
+              f"layers {mc.n_layers} (per stack for ed), d_ff {mc.d_ff}, max_len {mc.max_len}; "
+              f"budget {cfg.tokens:,} tokens seen")
+        print(f"{'arch':<5}{'parameters':>14}{'fwd FLOPs/token':>18}{'train FLOPs (3x fwd) for budget':>34}")
+    for arch in ("cd", "nd", "ed"):
+        m = build_model(arch, mc, seed=0)
+        per_token = m.flops_per_token()
+        row = {"arch": arch, "parameters": m.num_parameters(), "forward_flops_per_token": per_token,
+               "train_flops_budget": 3 * per_token * cfg.tokens}
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{arch:<5}{row['parameters']:>14,}{per_token:>18,.0f}{row['train_flops_budget']:>34.3e}")
+    if not args.json:
+        print("FLOPs count matrix products only (2 per multiply-add) at length max_len; ed counts source "
+              "and target tokens of length max_len each. Training costs about 3x the forward pass.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
