@@ -7,7 +7,8 @@ from minillm.generate import generate, sample_next
 from minillm.models import ModelConfig, build_model
 
 BOS, EOS = 1, 2
-CFG = ModelConfig(vocab_size=23, d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=20, dtype="float64")
+CFG = ModelConfig(vocab_size=23, d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=20, dtype="float64",
+                  pad_id=0)  # with a pad id every attention also applies a key-padding mask
 
 
 def model(arch, seed=0):

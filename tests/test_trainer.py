@@ -190,3 +190,19 @@ def test_bad_configs_refused():
         TrainConfig.from_dict({"learning_rate": 1})
     with pytest.raises(FileNotFoundError):
         load_corpus(TrainConfig(data="/nonexistent/file.txt").resolved())
+
+
+def test_progress_without_tqdm_prints_plain_lines(monkeypatch):
+    import io
+    import sys
+    from minillm.trainer import Progress
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
+    out = io.StringIO()
+    p = Progress(total=1000, enabled=True, every=0.0, stream=out)
+    assert p.bar is None
+    p.update(400, step=1, loss=3.25)
+    p.update(600, step=2, loss=2.5)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "1,000/1,000 tokens" in lines[1] and "loss 2.5000" in lines[1]
+    assert "tok/s" in lines[1] and "ETA" in lines[1]
