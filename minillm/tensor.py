@@ -59,6 +59,12 @@ def _broadcast_shape(op, *shapes):
         raise ValueError(f"{op}: shapes {' and '.join(map(str, shapes))} cannot be broadcast together") from None
 
 
+def _drop_promoted(x, row, col):
+    """Undo matmul's 1-D promotion: drop the row axis (1-D left operand) and/or the column axis (1-D right)."""
+    x = x[..., 0, :] if row else x
+    return x[..., 0] if col else x
+
+
 class Tensor:
     __array_priority__ = 1000  # make `ndarray + Tensor` call Tensor.__radd__
 
@@ -221,20 +227,20 @@ class Tensor:
         if a.ndim == 0 or b.ndim == 0 or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not line up (inner dimensions differ or a scalar)")
         _broadcast_shape("matmul (batch dimensions)", a.shape[:-2], b.shape[:-2])
+        # As np.matmul: a 1-D left operand is a row matrix, a 1-D right one a column; that axis is dropped after.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
 
         def vjp(g):
-            # Treat 1-D operands as a row (left) or a column (right) matrix, then drop that axis again.
-            a2 = a[None, :] if a.ndim == 1 else a
-            b2 = b[:, None] if b.ndim == 1 else b
             g2 = g.reshape(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1]))
             ga = K.matmul(g2, np.swapaxes(b2, -1, -2))
             if b2.ndim == 2 and g2.ndim > 2:  # a shared weight: one big product instead of a batch summed later
                 gb = K.matmul(a2.reshape(-1, a2.shape[-1]).T, g2.reshape(-1, g2.shape[-1]))
             else:
                 gb = K.matmul(np.swapaxes(a2, -1, -2), g2)
-            return (ga[..., 0, :] if a.ndim == 1 else ga), (gb[..., 0] if b.ndim == 1 else gb)
+            return _drop_promoted(ga, a.ndim == 1, False), _drop_promoted(gb, False, b.ndim == 1)
 
-        return Tensor._op(K.matmul(a, b), (self, other), vjp)
+        return Tensor._op(_drop_promoted(K.matmul(a2, b2), a.ndim == 1, b.ndim == 1), (self, other), vjp)
 
     def __rmatmul__(self, other):
         return self._lift(other) @ self
