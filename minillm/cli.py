@@ -87,6 +87,9 @@ def main(argv=None):
     except UsageError as e:
         print(f"minillm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training (which saves and stops cleanly on its own)
+        print(f"minillm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 # ---- configuration from flags and files -------------------------------------------------------
@@ -316,7 +319,7 @@ def add_eval_arguments(p):
 
 
 def run_eval(args):
-    from .trainer import BatchStream, TrainConfig, evaluate_loss, load_corpus
+    from .trainer import TrainConfig, evaluate_loss, load_corpus, validation_batches
     ck = open_checkpoint(args.checkpoint)
     if not ck.config:
         raise UsageError(f"checkpoint {ck.path} holds no run config")
@@ -332,9 +335,7 @@ def run_eval(args):
             raise ValueError(f"checkpoint {ck.path} was trained with another tokenizer than data "
                              f"{cfg.data!r} gives (its vocabulary differs)")
         model = ck.build_model()
-        val = BatchStream(cfg.arch, cfg.objective, corpus, cfg.batch_size, cfg.max_len,
-                          seed=cfg.seed + 1_000_003, docs=corpus.val)
-        result = evaluate_loss(model, [val.batch(i) for i in range(cfg.eval_batches)])
+        result = evaluate_loss(model, validation_batches(cfg, corpus))
     except (ValueError, OSError) as e:
         raise UsageError(str(e)) from None
     result = {"checkpoint": ck.path, "step": ck.step, "tokens_seen": ck.tokens_seen,

@@ -38,7 +38,7 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, write_json_
 from .models import ModelConfig, build_model
 from .tensor import no_grad
 
-__all__ = ["TrainConfig", "PRESETS", "Corpus", "load_corpus", "BatchStream", "Trainer",
+__all__ = ["TrainConfig", "PRESETS", "Corpus", "load_corpus", "BatchStream", "validation_batches", "Trainer",
            "NonFiniteLoss", "Interrupted", "evaluate_loss"]
 
 
@@ -248,6 +248,14 @@ class BatchStream:
                           np.random.default_rng([self.seed, index]), self.max_len)
 
 
+def validation_batches(cfg, corpus):
+    """The fixed validation batches of a run: ``cfg.eval_batches`` batches of the corpus's
+    validation documents, laid out like the training batches."""
+    val = BatchStream(cfg.arch, cfg.objective, corpus, cfg.batch_size, cfg.max_len,
+                      seed=cfg.seed + 1_000_003, docs=corpus.val)
+    return [val.batch(i) for i in range(cfg.eval_batches)]
+
+
 # ---- evaluation ----------------------------------------------------------------------------------
 
 def _loss(model, batch):
@@ -363,9 +371,7 @@ class Trainer:
         self.schedule = optim.Schedule(cfg.schedule, cfg.lr, warmup=int(cfg.warmup * cfg.tokens),
                                        total=cfg.tokens, min_lr=cfg.min_lr * cfg.lr)
         self.stream = BatchStream(cfg.arch, cfg.objective, corpus, cfg.batch_size, cfg.max_len, cfg.seed)
-        val = BatchStream(cfg.arch, cfg.objective, corpus, cfg.batch_size, cfg.max_len,
-                          seed=cfg.seed + 1_000_003, docs=corpus.val)
-        self.val_batches = [val.batch(i) for i in range(cfg.eval_batches)]
+        self.val_batches = validation_batches(cfg, corpus)
         self.step, self.tokens_seen = 0, 0
         self.last_checkpoint_step = None
         self._stop = False
@@ -473,6 +479,7 @@ class Trainer:
         Returns the final evaluation record. Raises ``Interrupted`` after Ctrl-C (having saved
         a checkpoint) and ``NonFiniteLoss`` on a NaN/inf loss (keeping the last checkpoint)."""
         cfg = self.cfg
+        self._stop = False
         progress = Progress(cfg.tokens, self.tokens_seen, self.show_progress)
         restore_sigint = self._catch_sigint()
         try:
