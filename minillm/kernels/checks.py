@@ -46,6 +46,11 @@ def mask_rows(fn, mask, shape):
         raise ValueError(f"{fn}: mask of shape {m.shape} does not broadcast to x of shape {tuple(shape)}") from None
     m = m.reshape((1,) * (len(shape) - m.ndim) + m.shape)
     lead = m.shape[:-1]
-    rows = np.ascontiguousarray(np.broadcast_to(m, lead + (shape[-1],))).reshape(-1, shape[-1])
+    rows = np.ascontiguousarray(np.broadcast_to(m, lead + (shape[-1],))).reshape(int(np.prod(lead)), shape[-1])
     idx = np.broadcast_to(np.arange(rows.shape[0]).reshape(lead), tuple(shape[:-1])).ravel()
     return rows, idx
+
+
+def rows2d(a):
+    """a as a C-contiguous (rows, last axis) array (a copy only if a is not contiguous)."""
+    return np.ascontiguousarray(a).reshape(int(np.prod(a.shape[:-1])), a.shape[-1])

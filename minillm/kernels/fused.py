@@ -116,7 +116,7 @@ def layer_norm(x, weight, bias, eps):
     N = _ln_params("layer_norm", x, weight, bias)
     x, w, b = checks.floats("layer_norm", x=x, weight=np.ones(N, np.asarray(x).dtype) if weight is None else weight,
                             bias=np.zeros(N, np.asarray(x).dtype) if bias is None else bias)
-    x2 = np.ascontiguousarray(x).reshape(-1, N)
+    x2 = checks.rows2d(x)
     y, mean, rstd = np.empty(x.shape, x.dtype), np.empty(x2.shape[0], x.dtype), np.empty(x2.shape[0], x.dtype)
     if x.size:
         _layer_norm(x2, np.ascontiguousarray(w), np.ascontiguousarray(b), x.dtype.type(eps), y.reshape(x2.shape), mean, rstd)
@@ -131,16 +131,16 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     lead = np.shape(x)[:-1] + (1,)
     if np.shape(mean) != lead or np.shape(rstd) != lead:
         raise ValueError(f"layer_norm_backward: mean and rstd must have shape {lead}, got {np.shape(mean)}, {np.shape(rstd)}")
-    dy, x, w, mean, rstd = checks.floats("layer_norm_backward", dy=dy, x=x, mean=mean, rstd=rstd,
-                                         weight=np.ones(N, np.asarray(x).dtype) if weight is None else weight)
-    x2 = np.ascontiguousarray(x).reshape(-1, N)
+    w = np.ones(N, np.asarray(x).dtype) if weight is None else weight
+    dy, x, w, mean, rstd = checks.floats("layer_norm_backward", dy=dy, x=x, weight=w, mean=mean, rstd=rstd)
+    x2 = checks.rows2d(x)
     R = x2.shape[0]
     tasks = max(1, min(R, 4 * 2))
     dx = np.empty(x.shape, x.dtype)
     dw_parts, db_parts = np.zeros((tasks, N)), np.zeros((tasks, N))
     if x.size:
-        _layer_norm_backward(np.ascontiguousarray(dy).reshape(-1, N), x2, np.ascontiguousarray(w),
-                             mean.reshape(-1), rstd.reshape(-1), dx.reshape(-1, N), dw_parts, db_parts)
+        _layer_norm_backward(checks.rows2d(dy), x2, np.ascontiguousarray(w),
+                             mean.reshape(-1), rstd.reshape(-1), dx.reshape(x2.shape), dw_parts, db_parts)
     return dx, dw_parts.sum(0).astype(x.dtype), db_parts.sum(0).astype(x.dtype)
 
 

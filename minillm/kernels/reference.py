@@ -28,9 +28,7 @@ def _with_causal(x, mask, causal):
 
 def _masked_max(x, mask):
     """Row maxima over kept entries; 0 for rows that keep nothing (so subtracting it is harmless)."""
-    if mask is None:
-        return x.max(axis=-1, keepdims=True)
-    m = np.where(mask, x, -np.inf).max(axis=-1, keepdims=True)
+    m = (x if mask is None else np.where(mask, x, -np.inf)).max(axis=-1, keepdims=True, initial=-np.inf)
     return np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
 
 

@@ -102,9 +102,9 @@ def _prepare(fn, x, mask, causal):
         raise ValueError(f"{fn}: causal=True needs x with at least 2 dimensions, got shape {x.shape}")
     rows, idx = checks.mask_rows(fn, mask, x.shape)
     if rows is None:   # one all-True row for every row of x: same code path, no copy of x's size
-        rows, idx = np.ones((1, x.shape[-1]), bool), np.zeros(x.size // max(x.shape[-1], 1), np.intp)
+        rows, idx = np.ones((1, x.shape[-1]), bool), np.zeros(int(np.prod(x.shape[:-1])), np.intp)
     T = x.shape[-2] if x.ndim >= 2 else 1
-    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    x2 = checks.rows2d(x)
     return x, x2, rows, idx, max(T, 1)
 
 
@@ -134,9 +134,7 @@ def softmax_backward(y, dy):
     y, dy = checks.floats("softmax_backward", y=y, dy=dy)
     out = np.empty(y.shape, y.dtype)
     if y.size:
-        n = y.shape[-1]
-        _softmax_backward(np.ascontiguousarray(y).reshape(-1, n), np.ascontiguousarray(dy).reshape(-1, n),
-                          out.reshape(-1, n))
+        _softmax_backward(checks.rows2d(y), checks.rows2d(dy), checks.rows2d(out))
     return out
 
 
@@ -145,7 +143,7 @@ def log_softmax_backward(y, dy, mask=None, causal=False):
     checks.same_shape("log_softmax_backward", y=y, dy=dy)
     y, y2, rows, idx, T = _prepare("log_softmax_backward", y, mask, causal)
     (dy,) = checks.floats("log_softmax_backward", dy=dy)
-    dy = np.ascontiguousarray(dy, dtype=y.dtype).reshape(y2.shape)
+    dy = checks.rows2d(dy.astype(y.dtype, copy=False))
     out = np.empty(y.shape, y.dtype)
     if y.size:
         _log_softmax_backward(y2, dy, rows, idx, T, bool(causal), out.reshape(y2.shape))

@@ -1,0 +1,283 @@
+"""The Numba kernels equal their plain-NumPy twins (reference.py), and bad input fails clearly.
+
+Shapes, dtypes, masks and layouts are drawn by hypothesis; the values come from a seeded
+NumPy generator (drawing millions of floats through hypothesis would be slow). Tolerances
+are ULP-scaled: a few float epsilons times the size of the quantities involved.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import minillm.kernels as K
+from minillm.kernels import fast as F
+from minillm.kernels import reference as R
+
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def close(got, want, scale=1.0, ulps=16):
+    """|got - want| <= ulps * eps * (|want| + scale), in want's dtype; and no NaN anywhere."""
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
+    assert not np.isnan(got).any()
+    eps = np.finfo(want.dtype).eps
+    np.testing.assert_array_less(np.abs(got.astype(np.float64) - want), ulps * eps * (np.abs(want) + scale) + 1e-300)
+
+
+def sample(rng, shape, dtype, layout, mag=3.0):
+    """Random values of `shape`; layout 0 = contiguous, 1 = every other column of a wider
+    array, 2 = the transpose of a contiguous array (last two axes)."""
+    if layout == 1:
+        return (rng.standard_normal(shape[:-1] + (2 * shape[-1],)) * mag).astype(dtype)[..., ::2]
+    if layout == 2 and len(shape) >= 2:
+        return np.swapaxes((rng.standard_normal(shape[:-2] + shape[:-3:-1]) * mag).astype(dtype), -1, -2)
+    return (rng.standard_normal(shape) * mag).astype(dtype)
+
+
+seeds = st.integers(0, 2**32 - 1)
+layouts = st.integers(0, 2)
+
+
+# ---------------------------------------------------------------- GEMM
+
+@st.composite
+def matmul_shapes(draw):
+    """Batch dims that broadcast (each side may drop or 1 a dim), and M, K, N around the 4x4
+    tile and the 64-row block, including 0 and 1."""
+    batch = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=3))
+    dims = st.one_of(st.integers(0, 9), st.integers(60, 70))
+    m, k, n = draw(dims), draw(dims), draw(dims)
+    ba = tuple(d if draw(st.booleans()) else 1 for d in batch)[draw(st.integers(0, len(batch))):]
+    bb = tuple(d if draw(st.booleans()) else 1 for d in batch)
+    return ba + (m, k), bb + (k, n)
+
+
+@given(matmul_shapes(), DTYPES, DTYPES, layouts, layouts, seeds)
+def test_gemm_equals_numpy(shapes, da, db, la, lb, seed):
+    rng = np.random.default_rng(seed)
+    a, b = sample(rng, shapes[0], da, la), sample(rng, shapes[1], db, lb)
+    want = np.matmul(a, b)
+    k = a.shape[-1]
+    bound = np.matmul(np.abs(a).astype(np.float64), np.abs(b))   # error of a sum of k products
+    for fn in (F.gemm, F.matmul, K.matmul.gemm):
+        got = fn(a, b)
+        assert got.dtype == np.result_type(a, b) and got.shape == want.shape
+        eps = np.finfo(got.dtype).eps
+        assert np.all(np.abs(got - want) <= 2 * (k + 1) * eps * bound + 1e-300)
+
+
+def test_gemm_tiles_exactly_on_integers():
+    # integer-valued floats make every partial sum exact: any indexing slip shows up as != .
+    rng = np.random.default_rng(0)
+    a = rng.integers(-4, 5, (3, 67, 35)).astype(np.float32)
+    b = rng.integers(-4, 5, (35, 130)).astype(np.float32)
+    assert np.array_equal(F.gemm(a, b), a @ b)
+
+
+# ---------------------------------------------------------------- softmax family
+
+@st.composite
+def softmax_case(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=9))
+    if draw(st.booleans()):
+        shape = shape[:-1] + (draw(st.integers(30, 140)),)   # longer rows: the vector loop body
+    kind = draw(st.sampled_from(["none", "full", "broadcast", "rows-empty"]))
+    causal = len(shape) >= 2 and draw(st.booleans())
+    return shape, kind, causal
+
+
+def make_mask(rng, shape, kind):
+    if kind == "none":
+        return None
+    if kind == "full":
+        return rng.random(shape) < 0.7
+    if kind == "broadcast":   # e.g. a (T, T) or (B, 1, 1, T) mask against (B, H, T, T) scores
+        mshape = tuple(1 if rng.random() < 0.5 else d for d in shape)[int(rng.integers(0, len(shape))):]
+        return rng.random(mshape) < 0.7
+    m = rng.random(shape) < 0.7
+    m.reshape(int(np.prod(shape[:-1])), shape[-1])[::2] = False      # every other row keeps nothing
+    return m
+
+
+@given(softmax_case(), DTYPES, layouts, st.sampled_from([1.0, 30.0, 1e4]), seeds)
+def test_softmax_and_log_softmax_equal_numpy(case, dtype, layout, mag, seed):
+    shape, kind, causal = case
+    rng = np.random.default_rng(seed)
+    x = sample(rng, shape, dtype, layout, mag)
+    mask = make_mask(rng, shape, kind)
+    y = F.softmax(x, mask, causal)
+    close(y, R.softmax(x, mask, causal), scale=1e-30 if dtype == np.float64 else 1e-6)
+    ly = F.log_softmax(x, mask, causal)
+    scale = 1 + (np.abs(x).max() if x.size else 0)          # log-softmax values are O(max |x|)
+    close(ly, R.log_softmax(x, mask, causal), scale=scale)
+    assert np.isfinite(y).all() and np.isfinite(ly).all()
+    if x.size:   # a row that keeps nothing is all zeros, the rest sum to one
+        sums = y.sum(-1)
+        assert np.all((np.abs(sums - 1) < 1e-4) | (sums == 0))
+
+
+@given(softmax_case(), DTYPES, layouts, seeds)
+def test_softmax_backwards_equal_numpy(case, dtype, layout, seed):
+    shape, kind, causal = case
+    rng = np.random.default_rng(seed)
+    x, dy = sample(rng, shape, dtype, layout), sample(rng, shape, dtype, (layout + 1) % 3)
+    mask = make_mask(rng, shape, kind)
+    y = R.softmax(x, mask, causal)
+    close(F.softmax_backward(y, dy), R.softmax_backward(y, dy), scale=1 + np.abs(dy).sum(-1, keepdims=True))
+    ly = R.log_softmax(x, mask, causal)
+    close(F.log_softmax_backward(ly, dy, mask, causal), R.log_softmax_backward(ly, dy, mask, causal),
+          scale=1 + np.abs(dy).sum(-1, keepdims=True))
+
+
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2), seeds)
+def test_causal_equals_explicit_tril_mask(tq, tk, batch, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 2, tq, tk)).astype(np.float32)
+    tril = np.array([[j <= i + (tk - tq) for j in range(tk)] for i in range(tq)], dtype=bool)
+    pad = rng.random((batch, 1, 1, tk)) < 0.8
+    for impl in (F, R):
+        assert np.array_equal(impl.softmax(x, None, causal=True) > 0, np.broadcast_to(tril, x.shape))
+        close(impl.softmax(x, pad, causal=True), R.softmax(x, pad & tril))
+        close(impl.log_softmax(x, pad, causal=True), R.log_softmax(x, pad & tril), scale=5)
+    # the old positional calls still work
+    close(K.softmax(x, tril), R.softmax(x, tril))
+
+
+def test_fully_masked_rows_and_huge_logits():
+    x = np.array([[1e30, -1e30, 0.0], [5.0, 6.0, 7.0], [1e38, 1e38, -1e38]], np.float32)
+    mask = np.array([[True, True, False], [False, False, False], [True, True, True]])
+    for fn in (F.softmax, F.log_softmax):
+        y = fn(x, mask)
+        assert np.isfinite(y).all()
+        assert np.array_equal(y[1], np.zeros(3, np.float32))
+    np.testing.assert_allclose(F.softmax(x, mask)[2], [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(F.softmax(x, mask)[0], [1.0, 0.0, 0.0])
+
+
+# ---------------------------------------------------------------- GELU, LayerNorm, cross-entropy
+
+@given(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40), DTYPES, layouts,
+       st.sampled_from([1.0, 10.0, 1e3]), seeds)
+def test_gelu_equals_numpy(shape, dtype, layout, mag, seed):
+    rng = np.random.default_rng(seed)
+    x = sample(rng, shape, dtype, layout if shape else 0, mag)
+    dy = sample(rng, shape, dtype, 0)
+    close(F.gelu(x), R.gelu(x), scale=1)
+    # the twin's 1 - tanh^2 cancels for large |x|: its error grows like |dy| |x|^3 eps
+    close(F.gelu_backward(x, dy), R.gelu_backward(x, dy), scale=np.abs(dy) * (1 + np.abs(x) ** 3))
+
+
+@given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=40), DTYPES, layouts,
+       st.booleans(), seeds)
+def test_layer_norm_equals_numpy(shape, dtype, layout, affine, seed):
+    rng = np.random.default_rng(seed)
+    x = sample(rng, shape, dtype, layout) + dtype(rng.normal() * 10)
+    n = shape[-1]
+    w, b = (rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)) if affine else (None, None)
+    got, want = F.layer_norm(x, w, b, 1e-5), R.layer_norm(x, w, b, 1e-5)
+    rows = x.size // n
+    for g, r in zip(got, want):
+        close(g, r, scale=1 + np.abs(r).max(), ulps=64)
+    dy = sample(rng, shape, dtype, 0)
+    gb, wb = F.layer_norm_backward(dy, x, w, *want[1:]), R.layer_norm_backward(dy, x, w, *want[1:])
+    g = np.abs(dy) * (1 if w is None else np.abs(w))           # dx = rstd * (g - mean(g) - ...)
+    close(gb[0], wb[0], scale=(want[2] * g).max() + 1, ulps=64 * n)
+    for g, r in zip(gb[1:], wb[1:]):      # sums over rows: rounding grows with their number
+        close(g, r, scale=np.abs(dy).max() * 4, ulps=8 * rows + 64)
+
+
+@given(st.integers(0, 30), st.integers(1, 300), DTYPES, st.sampled_from([1.0, 1e3, 1e30]),
+       st.sampled_from(["scalar", "rows"]), seeds)
+def test_cross_entropy_equals_numpy(n, v, dtype, mag, scale_kind, seed):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((n, v)) * mag).astype(dtype)
+    targets = rng.integers(0, v, n)
+    targets[rng.random(n) < 0.3] = -100
+    losses, lse = F.cross_entropy(logits, targets, -100)
+    rlosses, rlse = R.cross_entropy(logits, targets, -100)
+    big = 1 + np.abs(logits).max(initial=0)
+    close(losses, rlosses, scale=big)
+    close(lse, rlse, scale=big)
+    assert np.isfinite(losses).all()
+    scale = dtype(0.25) if scale_kind == "scalar" else rng.random(n).astype(dtype)
+    close(F.cross_entropy_backward(logits, targets, lse, -100, scale),
+          R.cross_entropy_backward(logits, targets, rlse, -100, scale), scale=1)
+
+
+# ---------------------------------------------------------------- dtypes, bad input, switch, threads
+
+def test_mixed_dtypes_promote_like_numpy():
+    a32, b64 = np.ones((3, 4), np.float32), np.ones((4, 2), np.float64)
+    assert F.matmul(a32, b64).dtype == np.float64 == F.gemm(a32, b64).dtype
+    y = np.full((2, 3), 1 / 3, np.float32)
+    assert F.softmax_backward(y, y.astype(np.float64)).dtype == np.float64
+
+
+@pytest.mark.parametrize("call, err, words", [
+    (lambda: F.matmul(np.ones((2, 3)), np.ones((4, 2))), ValueError, ["matmul", "(2, 3)", "(4, 2)"]),
+    (lambda: F.gemm(np.ones((2, 2, 3)), np.ones((3, 3, 2))), ValueError, ["gemm", "batch"]),
+    (lambda: F.gemm(np.ones(3), np.ones((3, 2))), ValueError, ["gemm", "2 dimensions"]),
+    (lambda: F.matmul(np.ones((2, 2), int), np.ones((2, 2))), TypeError, ["matmul", "a", "int"]),
+    (lambda: F.softmax(np.ones((2, 3)), np.ones((2, 4), bool)), ValueError, ["softmax", "mask", "(2, 4)", "(2, 3)"]),
+    (lambda: F.softmax(np.ones((2, 3)), np.ones((2, 3))), TypeError, ["softmax", "mask", "bool"]),
+    (lambda: F.softmax(np.ones(3, np.int64)), TypeError, ["softmax", "x"]),
+    (lambda: F.log_softmax(np.ones(3), causal=True), ValueError, ["log_softmax", "causal"]),
+    (lambda: F.softmax_backward(np.ones((2, 3)), np.ones((3, 2))), ValueError, ["softmax_backward", "(2, 3)", "(3, 2)"]),
+    (lambda: F.log_softmax_backward(np.ones((2, 3)), np.ones((2, 2))), ValueError, ["log_softmax_backward"]),
+    (lambda: F.gelu_backward(np.ones(3), np.ones(4)), ValueError, ["gelu_backward", "(3,)", "(4,)"]),
+    (lambda: F.layer_norm(np.ones((2, 3)), np.ones(4), None, 1e-5), ValueError, ["layer_norm", "weight", "(4,)"]),
+    (lambda: F.cross_entropy(np.ones((2, 3)), np.array([0, 3]), -100), ValueError, ["cross_entropy", "targets"]),
+    (lambda: F.cross_entropy(np.ones((2, 3)), np.array([0.0, 1.0]), -100), TypeError, ["cross_entropy", "integers"]),
+    (lambda: F.cross_entropy(np.ones((2, 3)), np.array([0]), -100), ValueError, ["cross_entropy", "(2, 3)", "(1,)"]),
+])
+def test_bad_input_is_a_clear_error(call, err, words):
+    with pytest.raises(err) as info:
+        call()
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_backend_switch():
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    with K.use("numpy"):
+        assert K.backend() == "numpy"
+        assert np.array_equal(K.softmax(x, None, True), R.softmax(x, None, True))
+    with K.use("numba"):
+        assert K.backend() == "numba"
+        assert np.array_equal(K.softmax(x, None, True), F.softmax(x, None, True))
+    with pytest.raises(ValueError, match="backend"):
+        with K.use("cuda"):
+            pass
+
+
+def test_thread_count_does_not_change_results():
+    x = np.random.default_rng(1).standard_normal((64, 4, 33)).astype(np.float32)
+    before = K.num_threads()
+    try:
+        assert K.set_num_threads(1) == 1 == K.num_threads()
+        one = F.softmax(x, causal=True), F.gemm(x, x.swapaxes(-1, -2))
+        K.set_num_threads(2)
+        two = F.softmax(x, causal=True), F.gemm(x, x.swapaxes(-1, -2))
+    finally:
+        K.set_num_threads(before)
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)
+
+
+def test_jit_falls_back_without_a_cache(monkeypatch):
+    import numba
+
+    from minillm.kernels import threads
+    real = numba.njit
+
+    def no_cache_location(*args, **kw):
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(threads.numba, "njit", no_cache_location)
+
+    @threads.jit()
+    def add(a, b):
+        return a + b
+    assert add(2, 3) == 5
