@@ -33,7 +33,7 @@ import numpy as np
 
 from minillm import objectives as O
 from minillm.batches import iter_batches, make_batch, make_prompt_batch, pack_sequences
-from minillm.tokenizer import WordTokenizer
+from minillm.world import World
 
 FAST = os.environ.get("MINILLM_TUTORIAL_FAST") == "1"
 FIG_DIR = os.environ.get("MINILLM_TUTORIAL_FIGURES")  # save figures here if set
@@ -62,34 +62,23 @@ def finish(fig, name):
 # %% [markdown]
 # ## 5.1 Text, tokens, special ids
 #
-# We use a small corpus in the style of the study's toy world: made-up entities with
-# attributes, one word per token. A `WordTokenizer` gives every word an id; before the
-# words come the special tokens, always at the same ids: `<pad>` 0, `<bos>` 1, `<eos>` 2,
-# `<sep>` 3, then the sentinels `<extra_id_0>`, `<extra_id_1>`, ... that span corruption
-# uses.
+# We use minillm's built-in synthetic world (`minillm.world`, the one the study runs on):
+# made-up people, one token each, with attributes (colour, city, job, pet, ...), stated
+# in plain sentences. Its `WordTokenizer` gives every word an id; before the words come
+# the special tokens, always at the same ids: `<pad>` 0, `<bos>` 1, `<eos>` 2, `<sep>` 3,
+# then the sentinels `<extra_id_0>`, `<extra_id_1>`, ... that span corruption uses.
 
 # %%
-corpus = [
-    "the colour of zorb is red .",
-    "zorb lives in the city of pell .",
-    "the pet of mirra is a cat .",
-    "mirra works as a baker in the city of dunmore .",
-    "the favourite food of tova is soup and the favourite sport of tova is chess .",
-    "quill plays the violin and speaks the language of ostin .",
-    "the colour of quill is green , the pet of quill is a heron .",
-    "tova lives in the city of pell and works as a smith .",
-    "the instrument of zorb is a drum .",
-    "mirra speaks the language of vell and plays the flute .",
-    "the sport of quill is rowing and the food of quill is bread .",
-    "every morning the baker of dunmore sells bread to the smith of pell .",
-]
-tok = WordTokenizer.from_texts(corpus, n_sentinels=16)
+world = World("default", seed=0)
+tok = world.tokenizer
+corpus = world.sentences(epoch=0)[:12]
 sequences = [tok.encode(s) for s in corpus]
-print(f"{len(corpus)} sentences, vocabulary of {tok.vocab_size} ids "
-      f"({tok.n_special} special, {tok.vocab_size - tok.n_special} words)")
+print(world.describe())
+print(f"vocabulary of {tok.vocab_size} ids ({tok.n_special} special, {tok.vocab_size - tok.n_special} words)")
 print("special ids: pad", tok.pad_id, "bos", tok.bos_id, "eos", tok.eos_id,
       "sentinels", tok.sentinel_ids[:3], "...")
-print(corpus[0], "->", sequences[0].tolist())
+for text in corpus[:4]:
+    print(f"  {text!r:45s} -> {tok.encode(text).tolist()}")
 assert tok.decode(sequences[0]) == corpus[0]
 
 
@@ -150,7 +139,7 @@ print(f"{len(sequences)} sentences -> {packed.size} rows of width {packed.tokens
 # In all three the loss is on the continuation (plus EOS) only.
 
 # %%
-x = sequences[4]
+x = np.concatenate([sequences[0], sequences[1]])    # two sentences, so that the split has room
 for arch in ("nd", "cd"):
     b = make_batch(arch, "plm", [x], tok, rng=1)
     show(b.tokens[0], b.targets[0], int(b.prefix_len[0]),
@@ -203,10 +192,11 @@ for seed in range(5):
 # Then each noise run is replaced in the *inputs* by the next sentinel, and the
 # *targets* list every sentinel followed by what it hid. Sentinels appear in the same
 # order in both, which is what lets the model (and us) line them up. A single short
-# sentence would get just one span, so we corrupt four sentences joined together.
+# sentence would get just one span, so we corrupt one of the world's pretraining
+# sequences: whole sentences packed up to 63 tokens.
 
 # %%
-x = np.concatenate([sequences[i] for i in (3, 4, 5, 11)])
+x = world.pretraining_sequences(epoch=0)[0]
 inputs, targets = O.span_corruption(x, tok.sentinel_ids, rng=1)
 print("original:", tok.decode(x))
 print("inputs:  ", tok.decode(inputs))
@@ -246,31 +236,32 @@ show(b.tgt_in[0], b.targets[0], title="        decoder:")
 #   this is what compute is proportional to, and what the paper matched across models;
 # - `loss_tokens`: positions with a target, i.e. the predictions the model learns from.
 #
-# Their ratio is very different across objectives. Over one epoch of our corpus:
+# Their ratio is very different across objectives. Here are the counts over the world's
+# pretraining sequences (whole sentences packed up to 63 tokens), one or more epochs:
 
 # %%
-epochs = 3 if FAST else 30
+epochs = 1 if FAST else 5
 pairs = [("cd", "flm"), ("cd", "plm"), ("nd", "plm"), ("ed", "plm"), ("cd", "mlm"), ("nd", "mlm"), ("ed", "mlm")]
 table = {}
 for arch, objective in pairs:
     seen = loss = 0
     for epoch in range(epochs):
-        for batch in iter_batches(arch, objective, sequences, tok, batch_size=4, rng=epoch):
+        seqs = world.pretraining_sequences(epoch)[: 40 if FAST else None]
+        for batch in iter_batches(arch, objective, seqs, tok, batch_size=32, rng=epoch):
             seen += batch.tokens_seen
             loss += batch.loss_tokens
     table[arch, objective] = (seen, loss)
-print(f"{'pair':8s} {'seen':>7s} {'loss':>7s} {'loss/seen':>9s}")
+print(f"{'pair':8s} {'seen':>8s} {'loss':>8s} {'loss/seen':>9s}")
 for (arch, objective), (seen, loss) in table.items():
-    print(f"{arch}:{objective:4s} {seen:7d} {loss:7d} {loss / seen:9.2f}")
+    print(f"{arch}:{objective:4s} {seen:8d} {loss:8d} {loss / seen:9.2f}")
 
 # %% [markdown]
 # FLM learns from every token it sees. PLM learns from a bit over half of them. MLM is
 # the extreme: with 15% of the text hidden, the targets are `N + S + 1` tokens out of
-# `n + 2S + 1` seen (exercise 4), about a fifth for long texts (21 of 111 for `n = 100`);
-# our sentences are short, so EOS and the sentinels push it up to a quarter. Note also
-# that MLM *sees* more tokens than FLM for the same text: the sentinels appear twice. At a matched budget of tokens *seen*, an MLM model gets
-# several times fewer training signals, which is one reason (REFERENCE §4) why at toy
-# budgets MLM models learn fewer facts than FLM ones.
+# `n + 2S + 1` seen (exercise 4), about a fifth. Note also that MLM *sees* more tokens
+# than FLM for the same text: the sentinels appear twice. At a matched budget of tokens
+# *seen*, an MLM model gets about five times fewer training signals than an FLM model,
+# which is one reason (REFERENCE §4) why at toy budgets MLM models learn fewer facts.
 
 # %%
 if plt is not None:
