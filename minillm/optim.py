@@ -221,12 +221,14 @@ def _params_list(params):
 
 
 def grad_norm(params):
-    """The global L2 norm of all gradients (float64), treating missing gradients as zero."""
+    """The global L2 norm of all gradients, treating missing gradients as zero. Each
+    parameter's sum of squares is a dot product in the gradient's dtype (no copy); the sum
+    over parameters is in float64."""
     total = 0.0
     for p in _params_list(params):
         if p.grad is not None:
             g = p.grad.reshape(-1)
-            total += float(np.dot(g.astype(np.float64, copy=False), g.astype(np.float64, copy=False)))
+            total += float(np.dot(g, g))
     return math.sqrt(total)
 
 
