@@ -198,10 +198,6 @@ def add_train_arguments(p):
     add_config_arguments(p)
 
 
-# Settings a resumed run may change: they do not alter the model or the data order.
-_RESUMABLE = ("tokens", "log_every", "eval_every", "eval_batches", "checkpoint_every")
-
-
 def run_train(args):
     from .trainer import Interrupted, NonFiniteLoss, Trainer, load_corpus
     if args.resume:
@@ -237,7 +233,7 @@ def _resume(args):
         v = getattr(args, f.name, None)
         if v is None or v == ck.config.get(f.name):
             continue
-        if f.name not in _RESUMABLE:
+        if f.name not in Trainer.RESUMABLE:
             raise UsageError(f"cannot change {f.name} when resuming (the checkpoint has "
                              f"{ck.config.get(f.name)!r}); start a new run with --out")
         overrides[f.name] = v

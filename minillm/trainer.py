@@ -398,10 +398,17 @@ class Trainer:
         write_json_atomic(self.path("config.json"), self.config_dict())
         self.last_checkpoint_step = self.step
 
+    # Settings a resumed run may change: they alter neither the model nor the data order.
+    RESUMABLE = ("tokens", "log_every", "eval_every", "eval_batches", "checkpoint_every")
+
     @classmethod
     def resume(cls, out_dir, corpus=None, progress=True, **overrides):
-        """Continue the run in ``out_dir`` from its checkpoint. ``overrides`` may change
-        bookkeeping fields (e.g. ``tokens`` to extend the budget) but not the model."""
+        """Continue the run in ``out_dir`` from its checkpoint. ``overrides`` may change the
+        fields in ``RESUMABLE`` (e.g. ``tokens`` to extend the budget, which also stretches
+        the learning-rate schedule from here on), nothing else."""
+        bad = sorted(set(overrides) - set(cls.RESUMABLE))
+        if bad:
+            raise ValueError(f"cannot change {bad} when resuming; only {list(cls.RESUMABLE)}")
         ck = load_checkpoint(os.path.join(out_dir, "checkpoint.npz"))
         cfg = TrainConfig.from_dict({**ck.config, **overrides}, source=ck.path)
         if corpus is None:
