@@ -15,8 +15,9 @@ How it is organised (read from the inside out):
    dimensions are not copied: `ia[p]`, `ib[p]` name the A and B matrices of output p.
 Edges (M or N not a multiple of 4) fall back to single dot products.
 
-Measured on the 2-core build machine (benchmarks/kernels.py): 0.4-0.6x OpenBLAS on one
-thread at 128-1024. OpenBLAS packs A and B into register-tile-ordered panels and runs
+Measured on the 2-core build machine (benchmarks/kernels.py, 1 thread): 0.26-0.34x
+OpenBLAS at 128 square, ~0.4x at 256, 0.5-0.65x at 512, ~0.43x at 1024 and at
+(2048,256)@(256,1024), 0.16-0.2x on attention shapes with K = 32. OpenBLAS packs A and B into register-tile-ordered panels and runs
 hand-scheduled AVX-512 outer products (~180 GFLOP/s per core here); the dot-product form
 pays a horizontal sum per accumulator at the end of each tile, and LLVM here prefers 256-bit
 vectors. So `matmul` below sends every shape to BLAS, and this kernel stays the readable
@@ -122,9 +123,9 @@ def gemm(a, b):
 def matmul(a, b):
     """a @ b, checked like `gemm`, computed by np.matmul (OpenBLAS).
 
-    Measured on the build machine (benchmarks/kernels.py), `gemm` reached 0.4-0.6x of
-    OpenBLAS on one thread for 128-1024 square and (2048,256)@(256,1024), and 0.1-0.35x on
-    batched attention shapes (K = 16..32, where the per-tile horizontal sums dominate).
+    Measured on the build machine (benchmarks/kernels.py), `gemm` reached 0.26-0.65x of
+    OpenBLAS on one thread for 128-1024 square and (2048,256)@(256,1024), and 0.12-0.37x on
+    batched attention shapes (K = 16..128; with K = 32 the per-tile horizontal sums dominate).
     No shape was faster, so every shape goes to BLAS; `gemm` stays the readable, tested
     reference. Re-run the benchmark before changing this rule.
     """

@@ -6,13 +6,21 @@ pool, and both spin-wait after finishing work so the next call starts fast. On a
 machine Numba's default layer (OpenMP, spinning) beside 2 spinning OpenBLAS threads made a
 training step 2.3x slower: the pools steal the cores from each other.
 
-The policy (measured in `benchmarks/kernels.py --policy`):
+The policy (`benchmarks/kernels.py --policy` times a step of BLAS products interleaved
+with parallel kernels under each layer; see the figures at the end of this docstring):
   * Numba uses the `workqueue` threading layer: its idle workers sleep instead of spin, so
     they never steal a core from OpenBLAS, and it needs no TBB/OpenMP runtime.
   * Both pools get the same size, N = MINILLM_NUM_THREADS (default: the cores this process
     may run on). `set_num_threads(n)` changes both at run time; a thread count of 1 makes
     every kernel serial.
 The user can still override the layer with NUMBA_THREADING_LAYER.
+
+Measurements so far (2 threads, machine shared with other jobs, load average 7-11): five
+readings per layer, ms/step, workqueue 94, 1436, 1345, 71, 1036 vs OpenMP 104, 283, 1431,
+177, 252. The load swamped the difference, so the data do not decide it yet. The choice
+rests on the reference measurement (spinning OpenMP beside spinning OpenBLAS made a step
+2.3x slower) and on workqueue never spinning; re-run `--policy` on a quiet machine before
+relying on it or changing it.
 
 Caching: compiling every kernel takes seconds; `cache=True` stores the machine code next to
 the source (or in the user cache dir) so later imports load it in milliseconds. When no
