@@ -41,14 +41,16 @@ class Command(NamedTuple):
 
 def commands():
     """Every subcommand, in the order ``--help`` lists them."""
+    from . import study
     return [
         Command("train", "train a model (new run, --resume or --force)", add_train_arguments, run_train),
         Command("generate", "continue a prompt with a trained model", add_generate_arguments, run_generate),
         Command("eval", "validation loss, perplexity and accuracy of a checkpoint", add_eval_arguments, run_eval),
         Command("describe", "parameter counts and FLOPs of a config for cd, nd and ed",
                 add_describe_arguments, run_describe),
-        # ---- more subcommands go here, one line each, e.g.:
-        # Command("study", "rerun Wang et al. 2022 at toy scale", study.add_arguments, study.run),
+        Command("study", "rerun the architecture x objective study of Wang et al. 2022 at toy scale",
+                study.add_arguments, study.run),
+        # ---- more subcommands go here, one line each
     ]
 
 
