@@ -41,7 +41,7 @@ class Command(NamedTuple):
 
 def commands():
     """Every subcommand, in the order ``--help`` lists them."""
-    from . import study
+    from . import rank, study
     return [
         Command("train", "train a model (new run, --resume or --force)", add_train_arguments, run_train),
         Command("generate", "continue a prompt with a trained model", add_generate_arguments, run_generate),
@@ -50,6 +50,8 @@ def commands():
                 add_describe_arguments, run_describe),
         Command("study", "rerun the architecture x objective study of Wang et al. 2022 at toy scale",
                 study.add_arguments, study.run),
+        Command("rank", "why decoder-only? ranks of attention matrices (a checkpoint, or --synthetic)",
+                rank.add_arguments, rank.run),
         # ---- more subcommands go here, one line each
     ]
 

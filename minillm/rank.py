@@ -116,3 +116,94 @@ def format_table(rows, columns):
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+# ---- trained models ------------------------------------------------------------------------------
+
+def model_ranks(model, sequences, rtol=1e-6):
+    """Ranks of a trained model's attention on equal-length `sequences` (B, T) of token ids.
+
+    Decoder-only models are run under all three masks (same weights: the causal, prefix
+    with P = T/2, and bidirectional masks); an encoder-decoder's encoder is bidirectional
+    and its decoder self-attention causal. Returns rows {mask, layer, numerical, entropy,
+    stable, n} with the measures averaged over heads and the batch.
+    """
+    tokens = np.asarray(sequences, dtype=np.int64)
+    B, T = tokens.shape
+    rows = []
+    if getattr(model, "arch", None) == "ed":
+        probes = model.attention_probes(tokens, tokens)
+        runs = {"bidirectional": {k: v for k, v in probes.items() if k.startswith("encoder")},
+                "causal": {k: v for k, v in probes.items() if k.endswith("self_attn")}}
+    else:
+        arch = model.arch
+        runs = {}
+        try:
+            for mask, P in (("causal", 0), ("prefix", T // 2), ("bidirectional", T)):
+                model.arch = "nd"
+                runs[mask] = model.attention_probes(tokens, np.full(B, P))
+        finally:
+            model.arch = arch
+    for mask, probes in runs.items():
+        for layer, r in _by_layer(attention_ranks(probes, rtol)):
+            rows.append({"mask": mask, "layer": layer, **r, "n": T})
+    return rows
+
+
+def _by_layer(rows):
+    layers = []
+    for r in rows:
+        if r["layer"] not in layers:
+            layers.append(r["layer"])
+    for layer in layers:
+        mine = [r for r in rows if r["layer"] == layer]
+        yield layer, {k: float(np.mean([r[k] for r in mine])) for k in ("numerical", "entropy", "stable")}
+
+
+def add_arguments(p):
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint file or run directory (omit with --synthetic)")
+    p.add_argument("--synthetic", action="store_true", help="random Q, K across logit scales, linear attention as control")
+    p.add_argument("--n", type=int, default=64, help="sequence length of the synthetic matrices")
+    p.add_argument("--d", type=int, default=8, help="head dimension of the synthetic Q and K")
+    p.add_argument("--scales", type=float, nargs="+", default=[0.01, 0.1, 1.0, 3.0], help="logit scales")
+    p.add_argument("--batch", type=int, default=4, help="sequences of the world's validation text to average over")
+    p.add_argument("--rtol", type=float, default=1e-6, help="numerical rank: singular values above rtol * largest")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def run(args):
+    import json
+    from .cli import UsageError, open_checkpoint
+    if args.synthetic == bool(args.checkpoint):
+        raise UsageError("give either a CHECKPOINT or --synthetic")
+    if args.synthetic:
+        if args.n < 2 or args.d < 1:
+            raise UsageError(f"--n must be >= 2 and --d >= 1, got n={args.n}, d={args.d}")
+        rows = synthetic(args.n, args.d, tuple(args.scales), rtol=args.rtol)
+        cols = ["scale", "kind", "numerical", "entropy", "stable"]
+        title = f"attention of random Q, K (n={args.n}, d={args.d}); linear attention has rank <= d"
+    else:
+        ck = open_checkpoint(args.checkpoint)
+        model = ck.build_model()
+        seqs = _validation_sequences(ck, args.batch)
+        rows = model_ranks(model, seqs, args.rtol)
+        cols = ["mask", "layer", "numerical", "entropy", "stable", "n"]
+        title = f"attention of {args.checkpoint} ({model.arch}) on {len(seqs)} sequences of {seqs.shape[1]} tokens"
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(title)
+        print(format_table(rows, cols))
+    return 0
+
+
+def _validation_sequences(ck, batch):
+    """`batch` equal-length token sequences from the text the checkpoint was trained on."""
+    from .trainer import TrainConfig, load_corpus
+    cfg = TrainConfig.from_dict(ck.config, source=ck.path).resolved()
+    corpus = load_corpus(cfg)
+    docs = sorted(corpus.val, key=len, reverse=True)[:max(1, batch)]
+    T = min(min(len(d) for d in docs), ck.model_config["max_len"])
+    if T < 2:
+        raise ValueError(f"validation text of {ck.path} is too short to measure attention ranks")
+    return np.stack([np.asarray(d[:T], dtype=np.int64) for d in docs])

@@ -161,46 +161,50 @@ def _src_eos(unit_chain_objective, arch):
     return arch == "ed" and unit_chain_objective == "mlm"
 
 
-def run_unit(cfg, unit, out, progress=False):
-    """Train (or resume) and evaluate one unit; writes and returns its result dict."""
+def make_trainer(cfg, unit, out, world, progress=False):
+    """The unit's Trainer, ready to fit: resumed from the unit's own checkpoint if it has
+    one, else starting from its source unit's weights (adaptation, finetuning) or from scratch."""
     from .trainer import Trainer, load_corpus
-    from .world import World
-    start = time.perf_counter()
     d = _unit_dir(out, unit)
-    os.makedirs(d, exist_ok=True)
     resuming = os.path.exists(os.path.join(d, "checkpoint.npz"))
-    world = World(cfg.preset, seed=cfg.world_seed)
-    src_eos = _src_eos(unit.objective, unit.arch)
-    if unit.stage in ("pretrain", "adapt"):
-        tcfg = _train_config(cfg, unit, cfg.pretrain_tokens if unit.stage == "pretrain" else cfg.adapt_tokens,
-                             cfg.lr[unit.objective])
-        corpus = load_corpus(tcfg.resolved())
-        if resuming:
-            trainer = Trainer.resume(d, corpus, progress=progress)
-        else:
-            trainer = Trainer(tcfg, corpus, d, progress=progress)
-            if unit.source:  # adaptation: the same weights, a new mask and objective
-                trainer.model.load_state_dict(_source_state(out, unit.source))
-    else:
+    if unit.stage == "finetune":
         tcfg = _train_config(cfg, unit, cfg.finetune_tokens, cfg.finetune_lr, schedule="constant", warmup=0.0,
                              dropout=cfg.finetune_dropout, batch_size=cfg.finetune_batch, eval_every=0)
-        corpus = load_corpus(tcfg.resolved())
-        trainer = Trainer.resume(d, corpus, progress=progress) if resuming else Trainer(tcfg, corpus, d, progress=progress)
-        if not resuming:
+    else:
+        tcfg = _train_config(cfg, unit, cfg.pretrain_tokens if unit.stage == "pretrain" else cfg.adapt_tokens,
+                             cfg.lr[unit.objective])
+    corpus = load_corpus(tcfg.resolved())
+    if resuming:
+        trainer = Trainer.resume(d, corpus, progress=progress)
+    else:
+        trainer = Trainer(tcfg, corpus, d, progress=progress)
+        if unit.source:  # the same weights; adaptation changes only the mask and the objective
             trainer.model.load_state_dict(_source_state(out, unit.source))
+    if unit.stage == "finetune":
         src_eos = _src_eos(_chain_objective(unit), unit.arch)
         pairs = world.finetuning_examples(seed=unit.seed)
         trainer.stream = PromptStream(unit.arch, pairs, world.tokenizer, cfg.finetune_batch, unit.seed, src_eos)
         trainer.val_batches = [PromptStream(unit.arch, pairs, world.tokenizer, cfg.finetune_batch, unit.seed + 7919,
                                             src_eos).batch(0)]
+    return trainer
+
+
+def run_unit(cfg, unit, out, progress=False):
+    """Train (or resume) and evaluate one unit; writes and returns its result dict."""
+    from .world import World
+    start = time.perf_counter()
+    os.makedirs(_unit_dir(out, unit), exist_ok=True)
+    world = World(cfg.preset, seed=cfg.world_seed)
+    trainer = make_trainer(cfg, unit, out, world, progress)
     final = trainer.fit()
     model = trainer.model
+    objective = _chain_objective(unit)
     result = {"unit": unit.name, "stage": unit.stage, "label": unit.label, "arch": unit.arch,
               "objective": unit.objective, "seed": unit.seed, "source": unit.source,
               "tokens_seen": trainer.tokens_seen, "final_val_loss": final["val_loss"],
-              "curve": _curve(os.path.join(d, "log.jsonl")),
+              "curve": _curve(os.path.join(_unit_dir(out, unit), "log.jsonl")),
               "parameters": model.num_parameters(), "flops_per_token": model.flops_per_token(),
-              **evaluate_model(model, unit.arch, world, cfg.eval_examples, src_eos, _chain_objective(unit))}
+              **evaluate_model(model, unit.arch, world, cfg.eval_examples, _src_eos(objective, unit.arch), objective)}
     result["seconds"] = time.perf_counter() - start
     write_json_atomic(_result_path(out, unit), result)
     return result
