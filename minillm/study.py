@@ -409,6 +409,8 @@ def conclusions(summary):
     rows = {r["key"]: r for r in summary["rows"]}
     out = []
     pairs = [f"{a}-{o}" for a, o in PAPER_PAIRS]
+    if not all(k in rows for k in pairs):
+        return out  # a comparison needs every pair
 
     def best(metric):
         have = [(rows[k][metric]["mean"], k) for k in pairs if k in rows and rows[k].get(metric)]
