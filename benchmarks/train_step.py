@@ -523,7 +523,8 @@ def main():
     ap.add_argument("--threads", default="1,2", help="comma list of thread counts (default 1,2)")
     ap.add_argument("--sweep", action="store_true",
                     help=f"also time tiny CD at T={SWEEP_T} and layers={SWEEP_LAYERS} and fit log-log exponents")
-    ap.add_argument("--sweep-threads", type=int, default=None, help="threads for the sweep (default: the largest of --threads)")
+    ap.add_argument("--sweep-threads", type=int, default=None, help="threads for the sweep (default: the smallest of --threads, normally 1: the exponents then "
+                         "measure work, not parallel efficiency, and resist other load on the machine)")
     ap.add_argument("--reps", type=int, default=None, help="timed steps per framework and config (default 9; --quick 3)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (at least 2: they check the twin)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -551,6 +552,8 @@ def main():
     sdpa = args.torch_attention == "sdpa"
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     started = time.time()
+    mem_threads = max(threads)
+    sweep_threads = args.sweep_threads or min(threads)
     report = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
                           "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
               "settings": {"reps": reps, "warmup": args.warmup, "torch": use_torch,
@@ -560,29 +563,32 @@ def main():
         log("torch is not installed (or --no-torch): timing minillm alone. "
             "CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu")
 
-    for n in threads:
-        report["timing"] += run_worker("time", {"cases": cases, "threads": n, "reps": reps, "warmup": args.warmup,
-                                                "torch": use_torch, "sdpa": sdpa}, n)
-
-    mem_threads = max(threads)
-    if not args.no_memory:
-        for case in cases:
-            for fw in ["minillm"] + (["torch"] if use_torch else []):
-                m = run_worker("memory", {"case": case, "framework": fw, "threads": mem_threads,
-                                          "steps": 3, "sdpa": sdpa}, mem_threads)
-                m.update(case=case["name"], framework=fw)
-                report["memory"].append(m)
-                log(f"[memory] {case['name']} {fw}: peak {m['peak_mb']:.0f} MB, step {m['step_mb']:.0f} MB")
-
-    sweep_threads = args.sweep_threads or max(threads)
-    if args.sweep:
-        sreps = max(2, reps // 2) if not args.quick else 2
-        for axis, values in (("T", SWEEP_T), ("n_layers", SWEEP_LAYERS)):
-            sc = [make_case("tiny", "cd", **{axis: v}) for v in values]
-            report["sweep"][axis] = run_worker("time", {"cases": sc, "threads": sweep_threads, "reps": sreps,
-                                                        "warmup": 2, "torch": use_torch, "sdpa": sdpa}, sweep_threads)
+    try:
+        for n in threads:
+            report["timing"] += run_worker("time", {"cases": cases, "threads": n, "reps": reps,
+                                                    "warmup": args.warmup, "torch": use_torch, "sdpa": sdpa}, n)
+        if not args.no_memory:
+            for case in cases:
+                for fw in ["minillm"] + (["torch"] if use_torch else []):
+                    m = run_worker("memory", {"case": case, "framework": fw, "threads": mem_threads,
+                                              "steps": 3, "sdpa": sdpa}, mem_threads)
+                    m.update(case=case["name"], framework=fw)
+                    report["memory"].append(m)
+                    log(f"[memory] {case['name']} {fw}: peak {m['peak_mb']:.0f} MB, step {m['step_mb']:.0f} MB")
+        if args.sweep:
+            sreps = max(3, reps // 2) if not args.quick else 2
+            for axis, values in (("T", SWEEP_T), ("n_layers", SWEEP_LAYERS)):
+                sc = [make_case("tiny", "cd", **{axis: v}) for v in values]
+                report["sweep"][axis] = run_worker("time", {"cases": sc, "threads": sweep_threads, "reps": sreps,
+                                                            "warmup": 2, "torch": use_torch, "sdpa": sdpa},
+                                                   sweep_threads)
+    except (KeyboardInterrupt, SystemExit) as e:  # report what was measured so far
+        report["interrupted"] = str(e) or type(e).__name__
+        log(f"interrupted ({report['interrupted']}): reporting what was measured")
 
     report["machine"]["loadavg_end"] = os.getloadavg()
+    if report.get("interrupted"):
+        print(f"INTERRUPTED ({report['interrupted']}): partial results", file=sys.stderr)
     report["machine"]["seconds"] = time.time() - started
     print_report(report, use_torch, mem_threads, sweep_threads)
     if args.json:
