@@ -54,6 +54,7 @@ class TrainConfig:
     preset: str = "default"         # smoke | default | large: model size, budget, world size
     seed: int = 0                   # model initialisation, data order, dropout
     world_seed: int = 0             # which world (facts) the built-in data describes
+    world_preset: str = None        # size of the built-in world (default: the same as preset)
     # model (vocab_size comes from the tokenizer)
     d_model: int = None
     n_heads: int = None
@@ -174,13 +175,13 @@ def _world_corpus(cfg):
     """The built-in world of the config's preset: each sentence is a document; training
     epoch e uses the world's sentences of epoch e (facts restated in fresh templates)."""
     from .world import World
-    world = World(cfg.preset, seed=cfg.world_seed)
+    world = World(cfg.world_preset or cfg.preset, seed=cfg.world_seed)
     tok = world.tokenizer
 
     def sentences(epoch):
         return [tok.encode(s) for s in world.sentences(epoch)]
 
-    return Corpus(tok, sentences, sentences(VAL_EPOCH), name=f"world:{cfg.preset}:{cfg.world_seed}")
+    return Corpus(tok, sentences, sentences(VAL_EPOCH), name=f"world:{cfg.world_preset or cfg.preset}:{cfg.world_seed}")
 
 
 class BatchStream:
