@@ -346,8 +346,9 @@ def collect(cfg, out):
                "probe_finetuned": _stat([r["probe_next"] for r in fin if r])}
         if key in ADAPTATIONS:
             base = ADAPTATIONS[key][3]
-            row["speedup"] = _stat([_speedup(res.get(f"pretrain/{base[0]}-{base[1]}/s{s}"), res.get(f"adapt/{key}/s{s}"))
-                                    for s in range(cfg.seeds)])
+            pairs = [(res.get(f"pretrain/{base[0]}-{base[1]}/s{s}"), res.get(f"adapt/{key}/s{s}")) for s in range(cfg.seeds)]
+            row["speedup"] = _stat([_speedup(b, a) for b, a in pairs])
+            row["speedup_is_lower_bound"] = any(_speedup_is_bound(b, a) for b, a in pairs)
         rows.append(row)
     some = next(iter(res.values()), None)
     return {"config": cfg.to_dict(), "rows": rows, "units": res,
@@ -374,11 +375,21 @@ def tokens_to_reach(curve, target):
 
 
 def _speedup(baseline, adapted):
-    """Tokens the from-scratch run needed for its final loss / tokens the adapted run needed for it."""
-    if not baseline or not adapted:
+    """How many from-scratch tokens the adaptation was worth, per adaptation token.
+
+    The tokens the from-scratch run (same pair, same seed, same validation batches) needed to
+    reach the adapted model's final validation loss, divided by the tokens of adaptation.
+    Above 1, adapting was cheaper than training from scratch. If the from-scratch run never
+    got there, its whole budget is used and the ratio is a lower bound (`_speedup_is_bound`).
+    """
+    if not baseline or not adapted or not adapted["tokens_seen"]:
         return None
-    need = tokens_to_reach(adapted["curve"], baseline["final_val_loss"])
-    return None if need is None or need <= 0 else baseline["tokens_seen"] / need
+    need = tokens_to_reach(baseline["curve"], adapted["final_val_loss"])
+    return (need if need is not None else baseline["tokens_seen"]) / adapted["tokens_seen"]
+
+
+def _speedup_is_bound(baseline, adapted):
+    return bool(baseline and adapted) and tokens_to_reach(baseline["curve"], adapted["final_val_loss"]) is None
 
 
 def _fmt(stat, pct=True):
@@ -392,7 +403,8 @@ def format_table(summary):
     cols = ["model", "params", "FLOPs/tok", "probe", "zero-shot", "finetuned", "ft train tasks", "speed-up"]
     lines = [[r["row"], f"{r['parameters'] / 1e6:.2f}M", f"{r['flops_per_token'] / 1e6:.2f}M", _fmt(r["probe"]),
               _fmt(r["zero_shot"]), _fmt(r["finetuned"]), _fmt(r["finetuned_train"]),
-              (_fmt(r["speedup"], pct=False) + "x") if r.get("speedup") else ("-" if "speedup" not in r else "not reached")]
+              ((">=" if r.get("speedup_is_lower_bound") else "") + _fmt(r["speedup"], pct=False) + "x")
+              if r.get("speedup") else "-"]
              for r in summary["rows"]]
     widths = [max(len(c), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)] if lines else [len(c) for c in cols]
     fmt = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
@@ -401,8 +413,8 @@ def format_table(summary):
              f"random choice: {100 * base:.1f}%." if base is not None else "",
              f"probe: the held-out facts as statements (random {100 * summary['probe_baseline']:.1f}%), in the "
              f"objective's own format (MLM: the value as a sentinel's target)." if base is not None else "",
-             "speed-up: tokens the from-scratch pair needed to reach its final validation loss, divided by the "
-             "tokens the adapted model needed (adaptation tokens only)."]
+             "speed-up: tokens the from-scratch pair needed to reach the adapted model's final validation loss, "
+             "divided by the tokens of adaptation (above 1: adapting was cheaper than starting over)."]
     return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines] + [""] + [n for n in notes if n])
 
 
@@ -539,7 +551,8 @@ def run(args):
     saved = os.path.join(out, "study.json")
     if os.path.exists(saved):
         old = json.load(open(saved, encoding="utf-8"))
-        same = {k: v for k, v in old.items() if k != "seeds"} == {k: v for k, v in cfg.to_dict().items() if k != "seeds"}
+        now = cfg.to_dict()
+        same = {**now, **old, "seeds": cfg.seeds} == now  # settings added since then keep their defaults
         if not same and not args.force:
             raise UsageError(f"{out} holds a study of another config; use --force to start over or another --out")
         if not same:

@@ -98,8 +98,11 @@ def test_tokens_to_reach_interpolates():
     assert study.tokens_to_reach(curve, 4.0) == 150
     assert study.tokens_to_reach(curve, 5.0) == 100
     assert study.tokens_to_reach(curve, 1.0) is None
-    base = {"final_val_loss": 3.0, "tokens_seen": 1000}
-    assert study._speedup(base, {"curve": curve}) == 1000 / 200
+    base = {"curve": curve, "tokens_seen": 300}
+    adapted = {"final_val_loss": 4.0, "tokens_seen": 50}  # from scratch needed 150 tokens for that loss
+    assert study._speedup(base, adapted) == 3.0 and not study._speedup_is_bound(base, adapted)
+    better = {"final_val_loss": 1.0, "tokens_seen": 50}   # from scratch never got there: a lower bound
+    assert study._speedup(base, better) == 6.0 and study._speedup_is_bound(base, better)
 
 
 def _summary(zero_shot, finetuned, nca_speedup=2.0):
