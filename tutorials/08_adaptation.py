@@ -248,9 +248,10 @@ if plt is not None:
 #   only show speed-ups of at least 2: a real speed-up of 1.6x (the paper's LM-A) would
 #   appear here as "never reaches it". "Not reached" means "less than 2x, or none", not
 #   "slower".
-# - What we measured at full size (one seed, this world): NC-A reached ND:MLM's final
-#   loss 5.0x faster (the paper: 3.3x); LM-A ended its half budget at 0.758 against
-#   CD:FLM's 0.684, so its speed-up, if any, is below 2x (the paper: 1.6x). Treat these
+# - What we measured at full size (one seed, this world, and the same units inside
+#   tutorial 7's study): NC-A reached ND:MLM's final loss 5.0x faster in one run and
+#   5.7x in another (the paper: 3.3x); LM-A ended its half budget at 0.76 against
+#   CD:FLM's 0.68, so its speed-up, if any, is below 2x (the paper: 1.6x). Treat these
 #   as a demonstration of the measurement on one tiny world, not as a replication; for
 #   numbers with error bars, run `minillm study --seeds 3`.
 #
