@@ -36,7 +36,7 @@ from . import evaluate
 from .batches import PAPER_PAIRS, make_prompt_batch
 from .checkpoint import load_checkpoint, write_json_atomic
 
-__all__ = ["StudyConfig", "PRESETS", "units", "run_unit", "run_study", "collect", "format_table",
+__all__ = ["StudyConfig", "PRESETS", "units", "make_trainer", "run_unit", "run_study", "collect", "format_table", "report", "tokens_to_reach",
            "conclusions", "add_arguments", "run"]
 
 
@@ -505,7 +505,7 @@ def _plots(summary, out):
         if r["stage"] in ("pretrain", "adapt") and r["curve"] and r["seed"] == 0:
             t, loss = zip(*r["curve"])
             axes[0].plot(t, loss, label=f"{r['label']}{' (adapted)' if r['stage'] == 'adapt' else ''}")
-    axes[0].set(xlabel="tokens seen", ylabel="validation loss", title="pretraining and adaptation, seed 0")
+    axes[0].set(xlabel="tokens seen", ylabel="validation loss (each in its own objective)", title="pretraining and adaptation, seed 0")
     axes[0].legend(fontsize=7)
     rows = summary["rows"]
     x = np.arange(len(rows))
