@@ -614,10 +614,11 @@ def print_report(report, use_torch, mem_threads, sweep_threads):
         v = report["timing"][0]["versions"]
         print(f"minillm from {v['minillm']}{git_rev(v['minillm'])}, kernels: {v['minillm_kernels']}")
     print("ms = median wall time of a step, iqr = interquartile range / median, cpu = median process CPU "
-          "time of a step (less sensitive to other load on the machine)\n")
+          "time of a step (less sensitive to other load on the machine; at 1 thread it is the work done, "
+          "with more threads it includes spin-waiting); cpu ratio = torch cpu / minillm cpu\n")
     hdr = ["config", "thr", "tokens", "minillm ms", "iqr", "cpu", "tok/s", "GF/s"]
     if use_torch:
-        hdr += ["torch ms", "iqr", "cpu", "tok/s", "GF/s", "ratio", "dloss"]
+        hdr += ["torch ms", "iqr", "cpu", "tok/s", "GF/s", "ratio", "cpu ratio", "dloss"]
     rows = []
     for r in report["timing"]:
         mm = r["minillm"]["median"]
@@ -628,7 +629,8 @@ def print_report(report, use_torch, mem_threads, sweep_threads):
             tm = r["torch"]["median"]
             row += [f"{tm * 1e3:.1f}", spread(r["torch"]), f"{r['torch']['cpu_median'] * 1e3:.0f}",
                     f"{r['tokens'] / tm:,.0f}", gf(tm),
-                    f"{tm / mm:.2f}x", "n/a" if r["dloss"] is None else f"{r['dloss']:.1e}"]
+                    f"{tm / mm:.2f}x", f"{r['torch']['cpu_median'] / r['minillm']['cpu_median']:.2f}x",
+                    "n/a" if r["dloss"] is None else f"{r['dloss']:.1e}"]
         rows.append(row)
     print(table(hdr, rows))
     notes = {r["twin_note"] for r in report["timing"] if r.get("twin_note")}
@@ -658,26 +660,31 @@ def print_report(report, use_torch, mem_threads, sweep_threads):
 
     for axis, res in list(report["sweep"].items()):
         label = "T" if axis == "T" else "layers"
-        print(f"\nscaling sweep: tiny CD, step time against {label} ({sweep_threads} threads)")
+        print(f"\nscaling sweep: tiny CD, step time against {label} ({sweep_threads} thread{'s' if sweep_threads > 1 else ''})")
         xs = [r["case"][axis] for r in res]
         fws = ["minillm"] + (["torch"] if use_torch else [])
-        hdr = [label] + [f"{f} ms" for f in fws] + [f"{f} us/token" for f in fws] + (["ratio"] if use_torch else [])
+        hdr = [label] + [f"{f} {q}" for f in fws for q in ("ms", "cpu ms", "us/token")] + \
+              (["ratio", "cpu ratio"] if use_torch else [])
         rows = []
         for x, r in zip(xs, res):
-            row = [x] + [f"{r[f]['median'] * 1e3:.1f}" for f in fws] + \
-                  [f"{r[f]['median'] / r['tokens'] * 1e6:.1f}" for f in fws]
+            row = [x]
+            for f in fws:
+                row += [f"{r[f]['median'] * 1e3:.1f}", f"{r[f]['cpu_median'] * 1e3:.1f}",
+                        f"{r[f]['median'] / r['tokens'] * 1e6:.1f}"]
             if use_torch:
-                row.append(f"{r['torch']['median'] / r['minillm']['median']:.2f}x")
+                row += [f"{r['torch']['median'] / r['minillm']['median']:.2f}x",
+                        f"{r['torch']['cpu_median'] / r['minillm']['cpu_median']:.2f}x"]
             rows.append(row)
         print(table(hdr, rows))
-        exps = []
-        for f in fws:
-            ys = [r[f]["median"] for r in res]
-            fit = loglog_slope(xs, ys)
-            local = [loglog_slope(xs[i:i + 2], ys[i:i + 2]) for i in range(len(xs) - 1)]
-            report.setdefault("exponents", {})[f"{f}:{axis}"] = {"fit": fit, "local": local}
-            exps.append(f"{f} {fit:.2f} (between neighbours: {', '.join(f'{e:.2f}' for e in local)})")
-        print(f"fitted exponent of step time in {label} (log-log least squares): " + "; ".join(exps))
+        for what, key in (("wall", "median"), ("cpu", "cpu_median")):
+            exps = []
+            for f in fws:
+                ys = [r[f][key] for r in res]
+                fit = loglog_slope(xs, ys)
+                local = [loglog_slope(xs[i:i + 2], ys[i:i + 2]) for i in range(len(xs) - 1)]
+                report.setdefault("exponents", {})[f"{f}:{axis}:{what}"] = {"fit": fit, "local": local}
+                exps.append(f"{f} {fit:.2f} (neighbours: {', '.join(f'{e:.2f}' for e in local)})")
+            print(f"exponent of {what} time in {label} (log-log least squares): " + "; ".join(exps))
 
 
 if __name__ == "__main__":
