@@ -10,11 +10,13 @@ The Numba backend (`fast.py`) is imported on first use, so `MINILLM_KERNELS=nump
 loads Numba. Threads: MINILLM_NUM_THREADS or `set_num_threads(n)` sets both Numba's and
 OpenBLAS's thread count (policy in `threads.py`). `gemm(a, b)` (also `matmul.gemm`) is the
 hand-written GEMM; `matmul` itself hands the product to BLAS, as measured in `gemm.py`.
+Importing this package also sets the allocator policy of `memory.py` (freed arrays stay in
+the process, so a training step's arrays do not page-fault afresh every step).
 """
 import os
 from contextlib import contextmanager
 
-from . import reference
+from . import memory, reference  # noqa: F401  (memory: the allocator policy, applied on import)
 
 BACKENDS = ("numpy", "numba")
 _backend = os.environ.get("MINILLM_KERNELS", "numba").strip().lower() or "numba"
