@@ -82,6 +82,37 @@ def layer_norm(x, weight, bias, eps=1e-5):
     return Tensor._op(y, parents, vjp)
 
 
+def linear(x, weight, bias=None):
+    """``x @ weight + bias`` for x (..., d_in), weight (d_in, d_out), bias (d_out,) or None.
+
+    Why one op and not `@` then `+`: np.matmul runs (B, T, d_in) @ (d_in, d_out) as B small
+    products, the bias add allocates a second output, and both outputs stay alive in the
+    graph until the backward. Here x is viewed as (B*T, d_in), so forward and backward are
+    each one BLAS product per operand, the bias is added in place, and one array is kept:
+        dx = g W^T,   dW = x^T g,   db = sum of g over rows     (g viewed as (B*T, d_out)).
+    """
+    x, w = _t(x), _t(weight)
+    b = None if bias is None else _t(bias)
+    if w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[0]:
+        raise ValueError(f"linear: x {x.shape} and weight {w.shape} do not line up (weight must be (d_in, d_out))")
+    if b is not None and b.shape != (w.shape[1],):
+        raise ValueError(f"linear: bias has shape {b.shape}, expected ({w.shape[1]},)")
+    d_in, d_out = w.shape
+    x2 = x.data.reshape(-1, d_in)
+    y = K.matmul(x2, w.data)
+    if b is not None:
+        y = np.add(y, b.data, out=y) if np.result_type(y, b.data) == y.dtype else y + b.data
+
+    def vjp(g):
+        g2 = g.reshape(-1, d_out)
+        dx = K.matmul(g2, w.data.T).reshape(x.shape) if x.requires_grad else None
+        dw = K.matmul(x2.T, g2) if w.requires_grad else None
+        return (dx, dw) + (() if b is None else (g2.sum(axis=0),))
+
+    parents = (x, w) + (() if b is None else (b,))
+    return Tensor._op(y.reshape(x.shape[:-1] + (d_out,)), parents, vjp)
+
+
 def embedding(ids, weight):
     """Rows of `weight` (V, D) picked by integer `ids` (any shape) -> (*ids.shape, D)."""
     ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)

@@ -227,6 +227,33 @@ def test_layer_norm(backend, x, data):
         gradcheck(lambda t, wt, bt: F.layer_norm(t, wt, bt), x, w, b, rtol=1e-3)
 
 
+def grads_of(fn, *arrays):
+    """Output and gradients of sum(fn(*leaves) * fixed weights) w.r.t. every array."""
+    leaves = [mm.Tensor(a.copy(), requires_grad=True) for a in arrays]
+    out = fn(*leaves)
+    (out * np.random.default_rng(1).standard_normal(out.shape)).sum().backward()
+    return out.data, [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("backend", mm.kernels.BACKENDS)
+@given(data=st.data())
+def test_linear_equals_matmul_plus_bias(backend, data):
+    lead = data.draw(shapes(min_dims=0, max_dims=2))
+    d_in, d_out = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    x, w, b = data.draw(arrays(lead + (d_in,))), data.draw(arrays((d_in, d_out))), data.draw(arrays((d_out,)))
+    with mm.kernels.use(backend):
+        for fused, plain, args in ((lambda x, w, b: F.linear(x, w, b), lambda x, w, b: x @ w + b, (x, w, b)),
+                                   (lambda x, w: F.linear(x, w), lambda x, w: x @ w, (x, w))):
+            y, g = grads_of(fused, *args)
+            y_ref, g_ref = grads_of(plain, *args)
+            np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+            for a, r in zip(g, g_ref):
+                np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+            gradcheck(fused, *args)
+    y32 = F.linear(mm.Tensor(x.astype(np.float32)), w.astype(np.float32), b.astype(np.float32))
+    assert y32.dtype == np.float32
+
+
 @given(data=st.data())
 def test_embedding(data):
     V, D = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 4))
