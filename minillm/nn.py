@@ -254,7 +254,8 @@ class MultiHeadAttention(Module):
 
     def _split(self, t, B, n, axes=(0, 2, 1, 3)):
         """(B, n, D) -> (B, H, n, d_head), or (B, H, d_head, n) with axes=(0, 2, 3, 1), in C order:
-        NumPy's batched matmul is many times slower on transposed views than on contiguous arrays."""
+        NumPy's batched matmul is many times slower on transposed views than on contiguous arrays.
+        (The generation cache in generate.py uses it; `forward` leaves the split to F.attention.)"""
         return _contiguous(t.reshape(B, n, self.n_heads, self.d_head).transpose(*axes))
 
     def _check_mask(self, mask, B, T, S):
@@ -273,14 +274,11 @@ class MultiHeadAttention(Module):
         S = src.shape[1]
         if mask is not None:
             mask = self._check_mask(mask, B, T, S)
-        q = self._split(self.q(x), B, T) * (1.0 / math.sqrt(self.d_head))  # (B, H, T, d_head)
-        k_t = self._split(self.k(src), B, S, axes=(0, 2, 3, 1))           # (B, H, d_head, S)
-        v = self._split(self.v(src), B, S)                                 # (B, H, S, d_head)
-        att = F.softmax(q @ k_t, axis=-1, mask=mask)                       # (B, H, T, S)
+        drop = self.attn_drop.p if self.attn_drop.training else 0.0
+        y, att = F.attention(self.q(x), self.k(src), self.v(src), self.n_heads, mask,  # y (B, T, D)
+                             dropout=drop, rng=self.attn_drop.rng)
         if _probes is not None:
-            _probes.append((self, att.data.copy()))
-        y = self.attn_drop(att) @ v                                       # (B, H, T, d_head)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, D)
+            _probes.append((self, att.copy()))                              # att (B, H, T, S)
         return self.resid_drop(self.out(y))
 
 

@@ -254,6 +254,51 @@ def test_linear_equals_matmul_plus_bias(backend, data):
     assert y32.dtype == np.float32
 
 
+def unfused_attention(q, k, v, H, mask=None, dropout=0.0, rng=None):
+    """Attention composed of engine ops: the definition `F.attention` is tested against."""
+    (B, T, D), S = q.shape, k.shape[1]
+    heads = lambda t, n: t.reshape(B, n, H, D // H).transpose(0, 2, 1, 3)  # noqa: E731
+    att = F.softmax(heads(q, T) @ heads(k, S).transpose(0, 1, 3, 2) * (1 / np.sqrt(D // H)), mask=mask)
+    dropped = F.dropout(att, dropout, True, rng) if dropout else att
+    return (dropped @ heads(v, S)).transpose(0, 2, 1, 3).reshape(B, T, D), att.data
+
+
+@pytest.mark.parametrize("backend", mm.kernels.BACKENDS)
+@given(data=st.data())
+def test_attention_equals_unfused_composition(backend, data):
+    B, T, S = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    H = data.draw(st.sampled_from([1, 2, 3]))
+    D = H * data.draw(st.integers(1, 3))
+    q, k, v = data.draw(arrays((B, T, D))), data.draw(arrays((B, S, D))), data.draw(arrays((B, S, D)))
+    mask = data.draw(st.sampled_from([None, (T, S), (B, 1, T, S), (B, 1, 1, S)]))
+    if mask is not None:
+        mask = np.random.default_rng(data.draw(st.integers(0, 99))).random(mask) < 0.6
+    drop = data.draw(st.sampled_from([0.0, 0.3]))
+    with mm.kernels.use(backend):
+        fused = lambda q, k, v: F.attention(q, k, v, H, mask, drop, rng=5)[0]  # noqa: E731
+        plain = lambda q, k, v: unfused_attention(q, k, v, H, mask, drop, np.random.default_rng(5))[0]  # noqa: E731
+        y, g = grads_of(fused, q, k, v)
+        y_ref, g_ref = grads_of(plain, q, k, v)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+        for a, r in zip(g, g_ref):
+            np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(F.attention(q, k, v, H, mask)[1], unfused_attention(
+            mm.Tensor(q), mm.Tensor(k), mm.Tensor(v), H, mask)[1], rtol=1e-10, atol=1e-12)
+        gradcheck(fused, q, k, v)
+
+
+def test_attention_keeps_float32_and_leaves_inputs_alone():
+    rng = np.random.default_rng(0)
+    q, k, v = (mm.Tensor(rng.standard_normal((2, 3, 4)).astype(np.float32), requires_grad=True) for _ in range(3))
+    before = q.data.copy()
+    y, p = F.attention(q, k, v, 1, mask=np.tri(3, dtype=bool))
+    y.sum().backward()
+    assert y.dtype == p.dtype == q.grad.dtype == k.grad.dtype == v.grad.dtype == np.float32
+    np.testing.assert_array_equal(q.data, before)  # one head: the scaled head copy is not a view of q
+    with pytest.raises(ValueError, match="n_heads"):
+        F.attention(q, k, v, 3)
+
+
 @given(data=st.data())
 def test_embedding(data):
     V, D = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 4))
