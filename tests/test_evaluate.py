@@ -95,3 +95,19 @@ def test_accuracy_baseline_and_summary():
     assert s["tasks"]["a"]["mean"] == 0.5 and s["tasks"]["a"]["median"] == 0.5 and s["mean"] == pytest.approx(0.375)
     with pytest.raises(ValueError, match="no examples"):
         evaluate.accuracy(Uniform("cd"), "cd", [], TOK)
+
+
+@pytest.mark.parametrize("arch", ["cd", "ed"])
+@given(exs=examples, prefix=st.lists(ids, min_size=1, max_size=3))
+def test_a_prefix_shared_by_all_choices_adds_the_same_score_to_each(arch, exs, prefix):
+    """Why the study can probe an ED with the statement's rest on the decoder side: scoring
+    `prefix + choice` is log p(prefix | prompt) + log p(choice | prompt, prefix)."""
+    model = MODELS[arch]
+    prompts = [p for p, cs in exs for _ in cs]
+    choices = [c for _, cs in exs for c in cs]
+    joint = evaluate.score_completions(model, arch, prompts, [prefix + c for c in choices], TOK)
+    shared = evaluate.score_completions(model, arch, prompts, [prefix] * len(prompts), TOK)
+    conditional = []
+    for p, c in zip(prompts, choices):  # log p(c | prompt, prefix) by brute force on the full sequence
+        conditional.append(brute_force_score(model, arch, p, prefix + c) - brute_force_score(model, arch, p, prefix))
+    np.testing.assert_allclose(joint - shared, conditional, rtol=1e-9, atol=1e-9)
