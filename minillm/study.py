@@ -294,11 +294,19 @@ def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
     todo = [u for u in units(cfg) if (only is None or u.name == only) and not is_done(out, u)]
     if only is not None and not todo and not any(u.name == only for u in units(cfg)):
         raise ValueError(f"unknown unit {only!r}; see --list-units")
+    finished = []
+
+    def started(u):
+        log(f"[{time.strftime('%H:%M:%S')}] {u.name} ...")
+
+    def ended(u, r):
+        finished.append(u)
+        log(f"[{time.strftime('%H:%M:%S')}] ({len(finished)}/{len(todo)}) {u.name} done in {r['seconds']:.0f}s: {_summary(r)}")
+
     if jobs <= 1:
         for u in todo:
-            log(f"[{time.strftime('%H:%M:%S')}] {u.name} ...")
-            r = run_unit(cfg, u, out, progress=progress)
-            log(f"[{time.strftime('%H:%M:%S')}] {u.name} done in {r['seconds']:.0f}s: {_summary(r)}")
+            started(u)
+            ended(u, run_unit(cfg, u, out, progress=progress))
         return
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -311,14 +319,13 @@ def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
                     break
                 pending.remove(u)
                 running[pool.submit(_worker, (cfg.to_dict(), u, out))] = u
-                log(f"[{time.strftime('%H:%M:%S')}] {u.name} ...")
+                started(u)
             if not running:
-                raise RuntimeError(f"units {[u.name for u in pending]} wait for sources that are not scheduled")
+                raise ValueError(f"units {[u.name for u in pending]} wait for source units that have not finished")
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for fut in done:
                 u = running.pop(fut)
-                r = fut.result()
-                log(f"[{time.strftime('%H:%M:%S')}] {u.name} done in {r['seconds']:.0f}s: {_summary(r)}")
+                ended(u, fut.result())
 
 
 def _unit(cfg, name):
@@ -553,7 +560,8 @@ def add_arguments(p):
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="smoke (about a minute, for tests) | default (the study, ~15 min per seed) | large")
     p.add_argument("--seeds", type=int, default=None, help="seeds per pair (default 1; 3 for error bars)")
-    p.add_argument("--jobs", type=int, default=1, help="units run in parallel processes (threads are split)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="units run in parallel processes, the cores split between them (default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="study directory (default runs/study-PRESET)")
     p.add_argument("--unit", metavar="NAME", help="run only this unit (its source unit must be finished)")
     p.add_argument("--list-units", action="store_true", help="print the units, in dependency order, and exit")
@@ -593,11 +601,16 @@ def run(args):
         raise UsageError(f"unknown unit {args.unit!r}; see --list-units")
     if not args.report:
         start = time.perf_counter()
+        from .trainer import Interrupted
         try:
             run_study(cfg, out, jobs=args.jobs, only=args.unit, progress=not args.no_progress,
                       log=lambda s: print(s, file=sys.stderr, flush=True))
         except ValueError as e:
             raise UsageError(str(e)) from None
+        except (Interrupted, KeyboardInterrupt):
+            print(f"study interrupted: finished units are kept and the unit in flight resumes from its "
+                  f"checkpoint; rerun the same command to continue", file=sys.stderr)
+            return 130
         print(f"study: {time.perf_counter() - start:.0f} s of work this run", file=sys.stderr)
     summary = collect(cfg, out)
     write_outputs(summary, out)
