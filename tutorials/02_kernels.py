@@ -34,28 +34,7 @@ from minillm import functional as F
 from minillm import kernels
 from minillm.kernels.gemm import gemm as minillm_gemm   # the hand-written GEMM of minillm/kernels/gemm.py
 
-FAST = os.environ.get("MINILLM_TUTORIAL_FAST") == "1"
-FIG_DIR = os.environ.get("MINILLM_TUTORIAL_FIGURES")  # save figures here if set
-try:
-    import matplotlib
-    try:
-        get_ipython  # noqa: F821  (defined inside Jupyter: keep the inline backend)
-    except NameError:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-
-
-def finish(fig, name):
-    """Save a figure if MINILLM_TUTORIAL_FIGURES names a folder; in a script, close it."""
-    if FIG_DIR:
-        os.makedirs(FIG_DIR, exist_ok=True)
-        fig.savefig(os.path.join(FIG_DIR, name), dpi=120, bbox_inches="tight")
-    try:
-        get_ipython  # noqa: F821
-    except NameError:
-        plt.close(fig)
+from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 def best_time(fn, *args, repeats=3, min_time=0.05):

@@ -26,7 +26,6 @@
 # collected by pytest; here we call them directly.
 
 # %%
-import os
 import warnings
 
 import numpy as np
@@ -39,7 +38,7 @@ from minillm import functional as F
 from minillm import masks
 from minillm.testing import arrays, broadcastable_pair, gradcheck, shapes
 
-FAST = os.environ.get("MINILLM_TUTORIAL_FAST") == "1"
+from _setup import FAST  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 EXAMPLES = 15 if FAST else 100   # examples per property
 
 
