@@ -188,8 +188,14 @@ def embedding(ids, weight):
     w = _t(weight)
 
     def vjp(g):
-        dw = np.zeros_like(w.data)
-        np.add.at(dw, ids.reshape(-1), g.reshape(-1, w.shape[-1]))
+        # Sum the rows of g that share an id. np.add.at would do it element by element (~3.5x
+        # slower at 2048 ids); sorting groups equal ids and np.add.reduceat sums each group in
+        # one call (in a different order than add.at: equal up to float rounding).
+        flat, dw = ids.reshape(-1), np.zeros_like(w.data)
+        if flat.size:
+            order = np.argsort(flat, kind="stable")
+            used, starts = np.unique(flat[order], return_index=True)
+            dw[used] = np.add.reduceat(g.reshape(-1, w.shape[-1])[order], starts, axis=0)
         return (dw,)
 
     return Tensor._op(w.data[ids], (w,), vjp)
