@@ -206,19 +206,34 @@ def run_unit(cfg, unit, out, progress=False):
               "tokens_seen": trainer.tokens_seen, "final_val_loss": final["val_loss"],
               "curve": _curve(os.path.join(_unit_dir(out, unit), "log.jsonl")),
               "parameters": model.num_parameters(), "flops_per_token": model.flops_per_token(),
-              **evaluate_model(model, unit.arch, world, cfg.eval_examples, _src_eos(objective, unit.arch), objective)}
+              **evaluate_model(model, unit.arch, world, cfg.eval_examples, _src_eos(objective, unit.arch))}
+    result["probe"] = own_probe(result, _objectives_seen(unit))
     result["seconds"] = time.perf_counter() - start
     write_json_atomic(_result_path(out, unit), result)
     return result
 
 
 def _chain_objective(unit):
-    """The objective a unit's weights were pretrained (or adapted) with."""
+    """The objective a unit's weights were last trained with before finetuning."""
     if unit.stage != "finetune":
         return unit.objective
     if unit.source.startswith("adapt/"):
         return ADAPTATIONS[unit.source.split("/")[1]][2]
     return unit.objective
+
+
+def _objectives_seen(unit):
+    """Every objective a unit's weights were trained with (an adaptation has two)."""
+    name = unit.name.split("/")[1]
+    if name in ADAPTATIONS:
+        return {ADAPTATIONS[name][0][1], ADAPTATIONS[name][2]}
+    return {unit.objective}
+
+
+def own_probe(result, objectives):
+    """The probe in the best format any of `objectives` trains: are the facts in the model at all?"""
+    formats = (["mlm"] if "mlm" in objectives else []) + (["next", "decoder"] if objectives - {"mlm"} else [])
+    return max(result.get(f"probe_{f}", 0.0) for f in formats)
 
 
 def _source_state(out, source):
@@ -242,7 +257,7 @@ def _curve(log_path):
 
 # ---- evaluation --------------------------------------------------------------------------------
 
-def evaluate_model(model, arch, world, per_template, src_eos, objective):
+def evaluate_model(model, arch, world, per_template, src_eos):
     """Zero-shot accuracy on held-out tasks, accuracy on training tasks, and statement probes.
 
     Probes rank-classify each held-out fact's value after its statement ("the pet of X is a"):
@@ -251,8 +266,7 @@ def evaluate_model(model, arch, world, per_template, src_eos, objective):
     feeds the first word to the encoder and the rest to the decoder, which is where a
     PLM-trained ED mostly sees facts stated. Choices then carry the shared statement rest in
     front, which adds the same log-probability to every choice and leaves the ranking as it is.
-    `probe` is the best format the model's objective trains: it asks whether the facts are in
-    the model at all.
+    `own_probe` picks the format the model's objectives train.
     """
     tok = world.tokenizer
 
@@ -274,9 +288,8 @@ def evaluate_model(model, arch, world, per_template, src_eos, objective):
     probes = {"next": probe("next"), "mlm": probe("mlm")}
     if arch == "ed":
         probes["decoder"] = probe("decoder")
-    own = [probes["mlm"]] if objective == "mlm" else [probes["next"], probes.get("decoder", 0.0)]
     return {"heldout": task_accuracy(world.heldout_tasks), "train": task_accuracy(world.train_tasks),
-            **{f"probe_{k}": v for k, v in probes.items()}, "probe": max(own),
+            **{f"probe_{k}": v for k, v in probes.items()},
             "heldout_baseline": float(np.mean([t.random_baseline for t in world.heldout_tasks])),
             "probe_baseline": float(np.mean([1 / len(world.values[r]) for r in world.heldout_relations]))}
 
@@ -349,7 +362,12 @@ def _stat(values):
 
 def collect(cfg, out):
     """Aggregate finished units into table rows (mean and spread over seeds)."""
-    res = {u.name: json.load(open(_result_path(out, u), encoding="utf-8")) for u in units(cfg) if is_done(out, u)}
+    res = {}
+    for u in units(cfg):
+        if is_done(out, u):
+            with open(_result_path(out, u), encoding="utf-8") as f:
+                res[u.name] = r = json.load(f)
+            r["probe"] = own_probe(r, _objectives_seen(u))
     rows = []
     for key in [f"{a}-{o}" for a, o in PAPER_PAIRS] + list(ADAPTATIONS):
         first = "adapt" if key in ADAPTATIONS else "pretrain"
@@ -433,48 +451,42 @@ def format_table(summary):
     base = summary["heldout_baseline"]
     notes = [f"Accuracy in % on held-out tasks (rank classification, mean over templates then tasks); "
              f"random choice: {100 * base:.1f}%." if base is not None else "",
-             f"probe: the held-out facts as statements (random {100 * summary['probe_baseline']:.1f}%), in the "
-             f"objective's own format (MLM: the value as a sentinel's target)." if base is not None else "",
+             f"probe: the held-out facts as statements (random {100 * summary['probe_baseline']:.1f}%), in the best "
+             f"format the model's objectives train (MLM: the value as a sentinel's target; a PLM-trained ED: the "
+             f"statement on the decoder side)." if base is not None else "",
              "speed-up: tokens the from-scratch pair needed to reach the adapted model's final validation loss, "
              "divided by the tokens of adaptation (above 1: adapting was cheaper than starting over)."]
     return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines] + [""] + [n for n in notes if n])
 
 
 def conclusions(summary):
-    """The paper's three conclusions, each marked as reproduced or not by this run."""
+    """The paper's three conclusions, each with a verdict on this run: "REPRODUCED", "NOT
+    reproduced", or "TIED" when the claimed winner and this run's winner are within one
+    standard deviation of each other over seeds (the run cannot tell them apart)."""
     rows = {r["key"]: r for r in summary["rows"]}
-    out = []
     pairs = [f"{a}-{o}" for a, o in PAPER_PAIRS]
-    if not all(k in rows for k in pairs):
-        return out  # a comparison needs every pair
+    if not all(rows.get(k, {}).get("zero_shot") for k in pairs):
+        return []  # a comparison needs every pair
 
-    def best(metric):
-        have = [(rows[k][metric]["mean"], k) for k in pairs if k in rows and rows[k].get(metric)]
-        return max(have)[1] if have else None
+    def winner(metric, claimed):
+        ranked = sorted(pairs, key=lambda k: -rows[k][metric]["mean"])
+        top, want = rows[ranked[0]][metric], rows[claimed][metric]
+        close = top["n"] > 1 and abs(top["mean"] - want["mean"]) < max(top["std"], want["std"])
+        verdict = "REPRODUCED" if ranked[0] == claimed else ("TIED" if close else "NOT reproduced")
+        scores = ", ".join(f"{rows[k]['row']} {100 * rows[k][metric]['mean']:.1f}" for k in ranked[:3])
+        return verdict, f"top three here: {scores}" + ("" if top["n"] > 1 else " (one seed: no error bars)")
 
-    def spread_note(metric, k1, k2):
-        a, b = rows[k1][metric], rows[k2][metric]
-        if a["n"] < 2:
-            return " (one seed: no error bars)"
-        return " (within one standard deviation)" if abs(a["mean"] - b["mean"]) < max(a["std"], b["std"]) else ""
-
-    b = best("zero_shot")
-    if b:
-        second = sorted(((rows[k]["zero_shot"]["mean"], k) for k in pairs if k in rows and rows[k].get("zero_shot")), reverse=True)
-        note = spread_note("zero_shot", second[0][1], second[1][1]) if len(second) > 1 else ""
-        out.append(("1. CD:FLM is best zero-shot after self-supervised pretraining alone", b == "cd-flm",
-                    f"best here: {rows[b]['row']}{note}"))
-    b = best("finetuned")
-    if b:
-        out.append(("2. ED:MLM (then ND:MLM) is best after multitask finetuning", b == "ed-mlm",
-                    f"best here: {rows[b]['row']}"))
-    if "nc-a" in rows and "nd-mlm" in rows and rows["nc-a"].get("finetuned") and rows["nd-mlm"].get("finetuned"):
-        nca, ndm = rows["nc-a"]["finetuned"]["mean"], rows["nd-mlm"]["finetuned"]["mean"]
-        sp = rows["nc-a"].get("speedup")
-        ok = nca >= ndm and sp is not None and sp["mean"] > 1
-        out.append(("3. CD:FLM -> NC-A -> multitask gets a generative and a multitask model cheaply", ok,
-                    f"NC-A finetuned {100 * nca:.1f}% vs ND:MLM from scratch {100 * ndm:.1f}%, "
-                    f"adaptation speed-up {('%.1fx' % sp['mean']) if sp else 'not reached'}"))
+    out = [("1. CD:FLM is best zero-shot after self-supervised pretraining alone", *winner("zero_shot", "cd-flm"))]
+    if all(rows[k].get("finetuned") for k in pairs):
+        out.append(("2. ED:MLM (then ND:MLM) is best after multitask finetuning", *winner("finetuned", "ed-mlm")))
+    nca = rows.get("nc-a", {})
+    if nca.get("finetuned") and rows["nd-mlm"].get("finetuned"):
+        a, b, sp = nca["finetuned"]["mean"], rows["nd-mlm"]["finetuned"]["mean"], nca.get("speedup")
+        ok = a >= b and sp is not None and sp["mean"] > 1
+        out.append(("3. CD:FLM -> NC-A -> multitask gets a generative and a multitask model cheaply",
+                    "REPRODUCED" if ok else "NOT reproduced",
+                    f"NC-A finetuned {100 * a:.1f}% vs ND:MLM from scratch {100 * b:.1f}%, adaptation "
+                    f"speed-up {('%.1fx' % sp['mean']) if sp else 'unknown'}"))
     return out
 
 
@@ -485,7 +497,8 @@ def _probe_warnings(summary):
     out = []
     for r in summary["rows"]:
         if r.get("probe") and not learned(r["probe"]):
-            out.append(f"{r['row']} did not learn the held-out facts (probe {100 * r['probe']['mean']:.0f}%, "
+            how = "did not learn" if r["probe"]["mean"] < base + 0.1 else "learned only some of"
+            out.append(f"{r['row']} {how} the held-out facts (probe {100 * r['probe']['mean']:.0f}%, "
                        f"random {100 * base:.0f}%): its zero-shot accuracy cannot show transfer.")
         elif r.get("probe_prompt") and not learned(r["probe_prompt"]):
             out.append(f"{r['row']} learned the held-out facts in its own format (probe {100 * r['probe']['mean']:.0f}%) "
@@ -500,8 +513,14 @@ def report(summary):
              f"preset {summary['config']['preset']}, seeds {summary['config']['seeds']}, "
              f"pretraining {summary['config']['pretrain_tokens']:,} tokens seen per pair", "", "```",
              format_table(summary), "```", "", "## The paper's conclusions, checked", ""]
-    for claim, ok, why in conclusions(summary):
-        lines.append(f"- {'REPRODUCED' if ok else 'NOT reproduced'}: {claim} — {why}")
+    done = [r for r in summary["rows"] if r.get("finetuned")]
+    if done and summary["heldout_baseline"] is not None:
+        top = max(done, key=lambda r: r["finetuned"]["mean"])
+        gain = 100 * (top["finetuned"]["mean"] - summary["heldout_baseline"])
+        lines.append(f"Best held-out accuracy after multitask finetuning: {top['row']} {_fmt(top['finetuned'])}%, "
+                     f"{gain:+.1f} points over random choice.\n")
+    for claim, verdict, why in conclusions(summary):
+        lines.append(f"- {verdict}: {claim} — {why}")
     warn = _probe_warnings(summary)
     if warn:
         lines += ["", "## Caveats", ""] + [f"- {w}" for w in warn]

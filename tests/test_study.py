@@ -116,10 +116,20 @@ def _summary(zero_shot, finetuned, nca_speedup=2.0):
 
 def test_conclusions_follow_the_numbers():
     paperlike = study.conclusions(_summary([0.6, 0.3, 0.5, 0.3, 0.4, 0.2], [0.6, 0.5, 0.6, 0.7, 0.5, 0.8]))
-    assert [ok for _, ok, _ in paperlike] == [True, True, True]
+    assert [v for _, v, _ in paperlike] == ["REPRODUCED"] * 3
     other = study.conclusions(_summary([0.3, 0.6, 0.5, 0.3, 0.4, 0.2], [0.9, 0.5, 0.6, 0.7, 0.5, 0.8], nca_speedup=0.5))
-    assert [ok for _, ok, _ in other] == [False, False, False]
-    assert "CD-MLM" in other[0][2] and "CD-FLM" in other[1][2]
+    assert [v for _, v, _ in other] == ["NOT reproduced"] * 3
+    assert "top three here: CD-MLM 60.0" in other[0][2] and "top three here: CD-FLM 90.0" in other[1][2]
+
+
+def test_a_winner_within_one_standard_deviation_is_a_tie():
+    s = _summary([0.50, 0.3, 0.52, 0.3, 0.4, 0.2], [0.6, 0.5, 0.6, 0.7, 0.5, 0.8])
+    for r in s["rows"]:
+        r["zero_shot"].update(std=0.03, n=3)
+    assert study.conclusions(s)[0][1] == "TIED"
+    for r in s["rows"]:
+        r["zero_shot"].update(std=0.01)
+    assert study.conclusions(s)[0][1] == "NOT reproduced"
 
 
 def test_rank_command(smoke_study, capsys):
