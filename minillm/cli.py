@@ -6,8 +6,9 @@
     minillm eval CHECKPOINT [--data world|FILE] [--batches N] [--json]
     minillm describe [--preset P] [--config FILE] [--d-model ...]   parameters and FLOPs, all archs
 
-Exit codes: 0 success; 1 training stopped on a non-finite loss; 2 bad arguments or input
-(one line on stderr, no traceback); 130 interrupted by Ctrl-C (after saving a checkpoint).
+Exit codes: 0 success; 2 bad arguments or input, or training stopped on a non-finite loss
+(one line on stderr, no traceback; the last good checkpoint is kept); 130 interrupted by
+Ctrl-C (after saving a checkpoint).
 
 **Adding a subcommand** (e.g. ``study``, ``rank``): in your own module write
 ``add_arguments(parser)`` and ``run(args) -> int``, then add one ``Command(...)`` line to
@@ -269,8 +270,8 @@ def _fit(trainer, out, Interrupted, NonFiniteLoss):
         print(f"{e}; checkpoint saved in {out}; continue with: minillm train --out {out} --resume", file=sys.stderr)
         return 130
     except NonFiniteLoss as e:
-        print(f"training stopped: {e}", file=sys.stderr)
-        return 1
+        print(f"minillm train: error: training stopped: {e}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - t0
     rate = (trainer.tokens_seen - start_tokens) / elapsed if elapsed > 0 else 0.0
     print(f"done: step {trainer.step}, {trainer.tokens_seen:,} tokens, val loss {result['val_loss']:.4f} "

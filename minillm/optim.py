@@ -225,10 +225,11 @@ def grad_norm(params):
     parameter's sum of squares is a dot product in the gradient's dtype (no copy); the sum
     over parameters is in float64."""
     total = 0.0
-    for p in _params_list(params):
-        if p.grad is not None:
-            g = p.grad.reshape(-1)
-            total += float(np.dot(g, g))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported as an infinite norm
+        for p in _params_list(params):
+            if p.grad is not None:
+                g = p.grad.reshape(-1)
+                total += float(np.dot(g, g))
     return math.sqrt(total)
 
 

@@ -161,3 +161,10 @@ def test_console_script_and_ctrl_c(tmp_path):
     assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
     r = subprocess.run([sys.executable, "-m", "minillm", "eval", out, "--json"], capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout)["step"] > 0
+
+
+def test_non_finite_loss_exits_2_and_names_the_step(tmp_path, capsys):
+    code, out, err = run(["train", "--arch", "cd", "--objective", "flm", "--lr", "1e30", "--no-progress",
+                          "--out", str(tmp_path / "nan")] + SMOKE, capsys)
+    assert code == 2, err
+    assert "non-finite loss at step" in err and "Traceback" not in err and "Warning" not in err
