@@ -372,16 +372,17 @@ if plt is not None:
 # study directory):
 #
 #     minillm study                         # the default preset: the prototype's world and budget
-#     minillm study --seeds 3 --jobs 2      # error bars; two units at a time (threads are split)
-#     minillm study --preset smoke          # the test suite's study, in about a minute
+#     minillm study --seeds 3               # error bars; two units at a time by default (--jobs)
+#     minillm study --preset smoke          # the test suite's study, in seconds
 #     minillm study --list-units            # every unit, in dependency order, with its command
 #     minillm study --unit pretrain/cd-flm/s0      # one unit (its source must be finished)
 #     minillm study --report                # only the table of what has finished so far
 #
 # Rerunning the same command skips finished units and resumes interrupted ones, so it is
-# safe to stop a study with Ctrl-C. The default preset needs roughly a quarter of an
-# hour per seed on two cores; `--seeds 3` is what gives the error bars the conclusions
-# need.
+# safe to stop a study with Ctrl-C. The default preset took about 7 minutes per seed on
+# the two-core build machine; `--seeds 3` is what gives the error bars the conclusions
+# need (a claimed winner within one standard deviation of this run's winner is reported
+# as TIED, not as reproduced or refuted).
 #
 # ## Exercises
 #
