@@ -32,7 +32,7 @@ import minillm as mm
 from minillm import functional as F
 from minillm.testing import gradcheck
 
-from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 # %% [markdown]
@@ -456,14 +456,6 @@ check_exercises()
 # The checks are not rubber stamps: each of these plausible wrong answers is rejected.
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except AssertionError:
-        return True
-    return False
-
-
 wrong_answers = [
     (check_value_sigmoid, lambda v: Value(1 / (1 + math.exp(-v.data)), (v,), lambda g: (g,))),
     (check_unbroadcast, lambda g, s: g.sum(axis=tuple(range(g.ndim - len(s))))),   # forgets rule 2

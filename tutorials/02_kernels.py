@@ -34,7 +34,7 @@ from minillm import functional as F
 from minillm import kernels
 from minillm.kernels.gemm import gemm as minillm_gemm   # the hand-written GEMM of minillm/kernels/gemm.py
 
-from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 def best_time(fn, *args, repeats=3, min_time=0.05):
@@ -449,14 +449,6 @@ check_exercises()
 # The checks reject plausible wrong answers:
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except AssertionError:
-        return True
-    return False
-
-
 wrong_answers = [
     (check_matmul_flops, lambda sa, sb: 2 * sa[-2] * sa[-1] * sb[-1]),         # forgets the batch
     (check_log_softmax_rows, lambda xx, m: np.where(m, xx - np.log(np.exp(xx).sum(1, keepdims=True)), 0)),

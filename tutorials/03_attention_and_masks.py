@@ -32,7 +32,7 @@ from minillm import masks
 from minillm.batches import make_batch
 from minillm.tokenizer import WordTokenizer
 
-from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 rng = np.random.default_rng(0)
@@ -408,14 +408,6 @@ check_exercises()
 # The checks reject plausible wrong answers:
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except AssertionError:
-        return True
-    return False
-
-
 wrong_answers = [
     (check_my_prefix, lambda T_, P_: my_prefix(T_, P_ + 1) if P_ < T_ else my_prefix(T_, P_)),  # BOS counted twice
     (check_reach, lambda M, L: M),                     # forgets that layers compose

@@ -34,7 +34,7 @@ from minillm.generate import generate
 from minillm.trainer import TrainConfig, Trainer, load_corpus
 from minillm.world import World
 
-from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 work = tempfile.mkdtemp(prefix="minillm-tutorial-06-")   # runs, logs and checkpoints go here
@@ -255,14 +255,6 @@ check_exercises()
 # The checks reject plausible wrong answers:
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except AssertionError:
-        return True
-    return False
-
-
 def off_by_one_logprob(model, prompt, completion):   # reads the prediction one position late
     fed = np.concatenate([[tok.bos_id], prompt, completion])[None]
     with mm.no_grad():

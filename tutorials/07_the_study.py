@@ -38,7 +38,7 @@ from minillm.evaluate import accuracy, random_baseline, rank_classify, score_com
 from minillm.trainer import BatchStream, TrainConfig, load_corpus
 from minillm.world import World
 
-from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 work = tempfile.mkdtemp(prefix="minillm-tutorial-07-")   # the study's directory goes here
@@ -452,14 +452,6 @@ check_exercises()
 # The checks reject plausible wrong answers:
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except AssertionError:
-        return True
-    return False
-
-
 def length_normalised(model, arch, example):      # divides by the number of choice tokens
     scores = score_completions(model, arch, [example.prompt] * len(example.choices), list(example.choices), tok)
     return int(np.argmax(scores / np.array([len(c) for c in example.choices])))

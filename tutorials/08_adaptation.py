@@ -42,7 +42,7 @@ from minillm.study import tokens_to_reach
 from minillm.trainer import TrainConfig, Trainer, load_corpus
 from minillm.world import World
 
-from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 work = tempfile.mkdtemp(prefix="minillm-tutorial-08-")   # runs, logs and checkpoints go here
@@ -345,14 +345,6 @@ print("with NC-A at the paper's 3.3x (adaptation = 1/3.3 of a budget), both mode
 # The checks reject plausible wrong answers:
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except AssertionError:
-        return True
-    return False
-
-
 def no_interpolation(scratch, adapted):        # takes the first evaluation at or below the target
     for t, loss in scratch:
         if loss <= adapted[-1][1]:

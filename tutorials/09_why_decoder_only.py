@@ -37,7 +37,7 @@ import numpy as np
 
 from minillm import rank as R
 
-from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 rng = np.random.default_rng(0)
@@ -394,14 +394,6 @@ check_exercises()
 # The checks reject plausible wrong answers:
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except AssertionError:
-        return True
-    return False
-
-
 wrong_answers = [
     (check_causal_logdet_zero, lambda m: -m * math.log(m)),             # as if every diagonal were 1/n
     (check_prefix_rank_zero, lambda m, p: m - p),                         # forgets the prefix block

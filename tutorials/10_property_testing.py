@@ -38,7 +38,7 @@ from minillm import functional as F
 from minillm import masks
 from minillm.testing import arrays, broadcastable_pair, gradcheck, shapes
 
-from _setup import FAST  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 EXAMPLES = 15 if FAST else 100   # examples per property
 
 
@@ -423,14 +423,6 @@ check_exercises()
 # the textbook log-sum-exp.
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except AssertionError:
-        return True
-    return False
-
-
 def weak_softmax_property(softmax_fn):   # checks only that masked entries are zero
     @prop()
     @given(masked_rows())

@@ -32,13 +32,18 @@ def _masked_max(x, mask):
     return np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
 
 
+def _shifted(x, mask):
+    """x minus its row maximum over kept entries, and -inf where masked (exp gives 0 there,
+    without overflowing on a large masked value)."""
+    z = x - _masked_max(x, mask)
+    return z if mask is None else np.where(mask, z, -np.inf).astype(x.dtype, copy=False)
+
+
 def softmax(x, mask=None, causal=False):
     """exp(x - max) / sum, over kept entries; masked entries and empty rows are 0.
     causal=True also masks entry (i, j) of the last two axes unless j <= i + (Tk - Tq)."""
     mask = _with_causal(x, mask, causal)
-    e = np.exp(x - _masked_max(x, mask))
-    if mask is not None:
-        e = np.where(mask, e, 0).astype(x.dtype, copy=False)
+    e = np.exp(_shifted(x, mask))
     s = e.sum(axis=-1, keepdims=True)
     return e / np.where(s > 0, s, 1)
 
@@ -51,10 +56,8 @@ def softmax_backward(y, dy):
 def log_softmax(x, mask=None, causal=False):
     """x - max - log(sum(exp(x - max))) over kept entries; masked entries and empty rows are 0."""
     mask = _with_causal(x, mask, causal)
-    z = x - _masked_max(x, mask)
+    z = _shifted(x, mask)
     e = np.exp(z)
-    if mask is not None:
-        e = np.where(mask, e, 0)
     s = e.sum(axis=-1, keepdims=True)
     out = z - np.log(np.where(s > 0, s, 1))
     if mask is not None:
