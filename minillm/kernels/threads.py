@@ -15,12 +15,10 @@ with parallel kernels under each layer; see the figures at the end of this docst
     every kernel serial.
 The user can still override the layer with NUMBA_THREADING_LAYER.
 
-Measurements so far (2 threads, machine shared with other jobs, load average 7-11): five
-readings per layer, ms/step, workqueue 94, 1436, 1345, 71, 1036 vs OpenMP 104, 283, 1431,
-177, 252. The load swamped the difference, so the data do not decide it yet. The choice
-rests on the reference measurement (spinning OpenMP beside spinning OpenBLAS made a step
-2.3x slower) and on workqueue never spinning; re-run `--policy` on a quiet machine before
-relying on it or changing it.
+Measured on a quiet moment of the build machine (2 threads, `benchmarks/kernels.py
+--policy`, 2026-11-28): workqueue 4.85 ms/step against OpenMP 16.0 ms/step, 3.3x in favour
+of the sleeping layer. (Earlier readings on a machine shared with other jobs, load 7-11,
+ranged from 71 to 1436 ms/step for either layer: load swamps the difference.)
 
 Caching: compiling every kernel takes seconds; `cache=True` stores the machine code next to
 the source (or in the user cache dir) so later imports load it in milliseconds. When no
