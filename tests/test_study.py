@@ -130,6 +130,9 @@ def test_a_winner_within_one_standard_deviation_is_a_tie():
     for r in s["rows"]:
         r["zero_shot"].update(std=0.01)
     assert study.conclusions(s)[0][1] == "NOT reproduced"
+    equal = _summary([0.6, 0.3, 0.5, 0.3, 0.4, 0.2], [0.6, 0.5, 0.6, 0.7, 0.5, 0.8])
+    equal["rows"][-1]["finetuned"]["mean"] = equal["rows"][3]["finetuned"]["mean"]  # NC-A == ND:MLM
+    assert study.conclusions(equal)[2][1] == "TIED"
 
 
 def test_rank_command(smoke_study, capsys):
