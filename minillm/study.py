@@ -603,7 +603,8 @@ def run(args):
     out = args.out or os.path.join("runs", f"study-{args.preset}")
     saved = os.path.join(out, "study.json")
     if os.path.exists(saved):
-        old = json.load(open(saved, encoding="utf-8"))
+        with open(saved, encoding="utf-8") as f:
+            old = json.load(f)
         now = cfg.to_dict()
         same = {**now, **old, "seeds": cfg.seeds} == now  # settings added since then keep their defaults
         if not same and not args.force:

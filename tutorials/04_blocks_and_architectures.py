@@ -33,7 +33,7 @@ import minillm as mm
 from minillm import functional as F
 from minillm import masks, nn
 
-from _setup import FAST, finish, plt  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 rng = np.random.default_rng(0)
@@ -344,14 +344,6 @@ check_exercises()
 # The checks reject plausible wrong answers:
 
 # %%
-def rejected(check, answer):
-    try:
-        check(answer)
-    except (AssertionError, ValueError):
-        return True
-    return False
-
-
 def post_ln_block(block, x, mask):       # the original Transformer's order: LayerNorm after the residual
     a = block.attn
     B, T_, D = x.shape
@@ -370,6 +362,4 @@ wrong_answers = [
     (check_ed_dependency, lambda S_, T_: (np.ones((T_, S_), bool), np.ones((T_, T_), bool))),
     (check_my_encoder_block, post_ln_block),
 ]
-for check, answer in wrong_answers:
-    assert rejected(check, answer), f"{check.__name__} accepted a wrong answer"
-print(f"{len(wrong_answers)} wrong answers, {len(wrong_answers)} rejected")
+assert_all_rejected(wrong_answers, errors=(AssertionError, ValueError))

@@ -34,7 +34,7 @@ from minillm.generate import generate
 from minillm.trainer import TrainConfig, Trainer, load_corpus
 from minillm.world import World
 
-from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 work = tempfile.mkdtemp(prefix="minillm-tutorial-06-")   # runs, logs and checkpoints go here
@@ -267,9 +267,7 @@ wrong_answers = [
     (check_steps_for_budget, lambda t, r, p: t // (r * p)),        # rounds down
     (check_completion_logprob, off_by_one_logprob),
 ]
-for check, answer in wrong_answers:
-    assert rejected(check, answer), f"{check.__name__} accepted a wrong answer"
-print(f"{len(wrong_answers)} wrong answers, {len(wrong_answers)} rejected")
+assert_all_rejected(wrong_answers)
 
 # %% [markdown]
 # The runs of this tutorial went to a temporary folder; we remove it (set

@@ -38,7 +38,7 @@ from minillm.evaluate import accuracy, random_baseline, rank_classify, score_com
 from minillm.trainer import BatchStream, TrainConfig, load_corpus
 from minillm.world import World
 
-from _setup import FAST, finish, plt, rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
+from _setup import FAST, finish, plt, rejected, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
 
 work = tempfile.mkdtemp(prefix="minillm-tutorial-07-")   # the study's directory goes here
@@ -463,9 +463,7 @@ wrong_answers = [
     (check_heldout_mean, lambda per: float(np.mean([a for t in per.values() for a in t.values()]))),  # flat mean
     (check_suite_baseline, lambda tasks: float(np.mean([1 / len(e.choices) for t in tasks for e in t.examples]))),
 ]
-for check, answer in wrong_answers:
-    assert rejected(check, answer), f"{check.__name__} accepted a wrong answer"
-print(f"{len(wrong_answers)} wrong answers, {len(wrong_answers)} rejected")
+assert_all_rejected(wrong_answers)
 
 # %% [markdown]
 # `length_normalised` is not in that list, because it passes: on these tasks every choice

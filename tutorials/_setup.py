@@ -36,10 +36,17 @@ def finish(fig, name):
         plt.close(fig)
 
 
-def rejected(check, answer):
+def rejected(check, answer, errors=(AssertionError,)):
     """True if the exercise check `check` rejects `answer` (the checks are not rubber stamps)."""
     try:
         check(answer)
-    except AssertionError:
+    except errors:
         return True
     return False
+
+
+def assert_all_rejected(wrong_answers, errors=(AssertionError,)):
+    """Show that every (check, plausible wrong answer) pair is rejected by its check."""
+    for check, answer in wrong_answers:
+        assert rejected(check, answer, errors), f"{check.__name__} accepted a wrong answer"
+    print(f"{len(wrong_answers)} wrong answers, {len(wrong_answers)} rejected")
