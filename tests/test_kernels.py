@@ -42,11 +42,12 @@ layouts = st.integers(0, 2)
 
 @st.composite
 def matmul_shapes(draw):
-    """Batch dims that broadcast (each side may drop or 1 a dim), and M, K, N around the 4x4
-    tile and the 64-row block, including 0 and 1."""
+    """Batch dims that broadcast (each side may drop or 1 a dim), and M, K, N around the
+    register tile (8 rows, 16 or 32 columns), a task's 96 rows and the K slice of 256,
+    including 0 and 1."""
     batch = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=3))
-    dims = st.one_of(st.integers(0, 9), st.integers(60, 70))
-    m, k, n = draw(dims), draw(dims), draw(dims)
+    dims = st.one_of(st.integers(0, 9), st.integers(28, 36), st.integers(60, 70), st.integers(94, 98))
+    m, k, n = draw(dims), draw(st.one_of(dims, st.integers(254, 258))), draw(dims)
     ba = tuple(d if draw(st.booleans()) else 1 for d in batch)[draw(st.integers(0, len(batch))):]
     bb = tuple(d if draw(st.booleans()) else 1 for d in batch)
     return ba + (m, k), bb + (k, n)
@@ -68,10 +69,14 @@ def test_gemm_equals_numpy(shapes, da, db, la, lb, seed):
 
 def test_gemm_tiles_exactly_on_integers():
     # integer-valued floats make every partial sum exact: any indexing slip shows up as != .
+    # Shapes cross every edge: 67 rows = 8 tiles + 3, 130 columns = 4 panels + 2, K = 530 =
+    # three slices of 256; a broadcast batch and a transposed view take the other paths.
     rng = np.random.default_rng(0)
-    a = rng.integers(-4, 5, (3, 67, 35)).astype(np.float32)
-    b = rng.integers(-4, 5, (35, 130)).astype(np.float32)
+    a = rng.integers(-4, 5, (3, 67, 530)).astype(np.float32)
+    b = rng.integers(-4, 5, (530, 130)).astype(np.float32)
     assert np.array_equal(F.gemm(a, b), a @ b)
+    bt = rng.integers(-4, 5, (2, 1, 130, 530)).astype(np.float64).swapaxes(-1, -2)
+    assert np.array_equal(F.gemm(a.astype(np.float64), bt), a @ bt)
 
 
 # ---------------------------------------------------------------- softmax family
@@ -251,7 +256,7 @@ def test_backend_switch():
 
 
 def test_thread_count_does_not_change_results():
-    x = np.random.default_rng(1).standard_normal((64, 4, 33)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((64, 40, 33)).astype(np.float32)   # gemm splits work at 2
     before = K.num_threads()
     try:
         assert K.set_num_threads(1) == 1 == K.num_threads()

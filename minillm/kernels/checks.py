@@ -11,6 +11,10 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 def floats(fn, **arrays):
     """Promote the named arrays to their common float dtype; TypeError for anything else."""
+    values = list(arrays.values())
+    dt = getattr(values[0], "dtype", None)
+    if dt in FLOATS and all(type(v) is np.ndarray and v.dtype == dt for v in values):
+        return values      # the common case, kept cheap: this runs before every kernel call
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for name, a in arrays.items():
         if a.dtype not in FLOATS:

@@ -1,90 +1,161 @@
-"""A hand-written, cache-blocked GEMM: C = A @ B for float32/float64, 2-D or batched.
+"""A hand-written GEMM, C = A @ B for float32/float64, 2-D or batched: pack, then tile.
 
-How it is organised (read from the inside out):
+How a fast GEMM is built (read from the inside out):
 
-1. The micro-kernel `_tile` computes a 4x4 block of C as 16 dot products over k. B is
-   first transposed (`bt`, shape (N, K)), so all 8 operand rows run along k contiguously.
-   LLVM vectorises the k loop: each step loads 4 A vectors and 4 B vectors and issues 16
-   fused multiply-adds into 16 vector accumulators that never leave registers. That ratio
-   (8 loads per 16 FMAs) is what makes it compute-bound instead of load-bound; a plain
-   `C[i, j] += A[i, k] * B[k, j]` loop stores C on every step and runs ~5x slower.
-2. `_panel` sweeps the tiles of a block of rows over a block of NB columns of B. NB is
-   chosen so that NB rows of `bt` (NB * K * itemsize bytes, ~1 MiB) stay in the 4 MiB L2
-   cache while the 4 rows of A in use stay in L1.
-3. `_gemm` runs the (batch, row-block) pairs in parallel with `prange`; broadcast batch
-   dimensions are not copied: `ia[p]`, `ib[p]` name the A and B matrices of output p.
-Edges (M or N not a multiple of 4) fall back to single dot products.
+1. The register tile `_tile` computes an MR x NR block of C (8 x 32 in float32 with
+   AVX-512) as a sum of K outer products: at each step k it loads NV vectors of B's row k,
+   broadcasts each of A's MR entries of column k, and issues MR * NV fused multiply-adds into
+   MR * NV vector accumulators that stay in registers for the whole loop. That is 16 FMAs
+   per 10 loads, so the FMA units, not memory, set the pace.
+   Numba cannot say "keep these 16 vectors in registers": written as Python loops over an
+   accumulator array, the accumulators live in memory (~10 GFLOP/s here); written as scalar
+   variables, LLVM vectorises along k instead and spills (~13 GFLOP/s); and its default tuning
+   for this CPU family keeps auto-vectorised loops at 256-bit vectors. So `_tile` is a Numba
+   intrinsic that writes those few LLVM vector instructions itself (~30 lines below).
+2. Packing (`_pack`) copies A into panels of MR rows and B into panels of NR columns, each
+   laid out k-major, so the tile reads both operands contiguously whatever the strides of A
+   and B (a transposed view costs nothing extra), and edges are padded with zeros so every
+   tile is a full tile. Packing costs O(MK + KN) against the product's O(MNK).
+3. `_gemm` walks K in slices of KC (one B panel slice, KC * NR values, stays in L1 while the
+   tile sweeps a group of A panels that stays in L2), adds each tile into C, and runs the
+   (batch, row group) tasks in parallel with `prange`. Broadcast batch dimensions are not
+   copied: `ia[p]`, `ib[p]` name the A and B matrices of output p.
 
-Measured on the 2-core build machine (benchmarks/kernels.py, 1 thread): 0.26-0.34x
-OpenBLAS at 128 square, ~0.4x at 256, 0.5-0.65x at 512, ~0.43x at 1024 and at
-(2048,256)@(256,1024), 0.16-0.2x on attention shapes with K = 32. OpenBLAS packs A and B into register-tile-ordered panels and runs
-hand-scheduled AVX-512 outer products (~180 GFLOP/s per core here); the dot-product form
-pays a horizontal sum per accumulator at the end of each tile, and LLVM here prefers 256-bit
-vectors. So `matmul` below sends every shape to BLAS, and this kernel stays the readable
-reference, tested equal to np.matmul.
+Measured against np.matmul (OpenBLAS) in `benchmarks/kernels.py`; the figures and the
+dispatch rule they justify are in `matmul` below.
 """
+import math
+
+import numba
 import numpy as np
-from numba import prange
+from llvmlite import binding, ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import checks
 from .threads import jit
 
-ROWS = 64   # rows of A per parallel task
+
+def _vector_bytes():
+    """64 (AVX-512) or 32 bytes per register, from the features Numba compiles for."""
+    features = numba.config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+MR = 8          # rows of A per register tile
+NV = 2          # vectors of B per register tile: NR = NV * lanes columns (32 float32 with AVX-512)
+KC = 256        # depth of one pass over K
+GROUP = 12      # A panels per task (96 rows)
+PARALLEL_WORK = 1 << 20   # multiply-adds per thread below which a thread is not worth waking
+
+
+def panel_width(dtype):
+    """NR: the columns of one B panel for this dtype."""
+    return NV * VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+@intrinsic
+def _tile(typingctx, ap, bp, ct, add):
+    """ct[:, :] = ap.T @ bp (add=False) or ct[:, :] += ap.T @ bp (add=True) for ap (K, MR),
+    bp (K, NR) and ct (MR, NR), each with contiguous rows."""
+    def codegen(context, builder, sig, args):
+        A, B, C = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
+        fty = context.get_value_type(sig.args[0].dtype)
+        size = context.get_abi_sizeof(fty)
+        lanes = VECTOR_BYTES // size
+        vty = ir.VectorType(fty, lanes)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                             f"llvm.fma.v{lanes}f{8 * size}")
+        intp = context.get_value_type(types.intp)
+
+        def at(array, row, col):    # pointer to array[row, col] (col a constant)
+            stride = builder.sdiv(cgutils.unpack_tuple(builder, array.strides)[0], ir.Constant(intp, size))
+            return builder.gep(array.data, [builder.add(builder.mul(row, stride), ir.Constant(intp, col))])
+
+        def vector(ptr):
+            return builder.bitcast(ptr, vty.as_pointer())
+
+        # accumulators: stack slots that LLVM promotes to registers (mem2reg), starting at 0 or ct
+        add = context.cast(builder, args[3], sig.args[3], types.boolean)
+        acc = [[cgutils.alloca_once_value(builder, builder.select(
+                    add, builder.load(vector(at(C, ir.Constant(intp, r), v * lanes)), align=size),
+                    ir.Constant(vty, None)))
+                for v in range(NV)] for r in range(MR)]
+        K = cgutils.unpack_tuple(builder, A.shape)[0]
+        with cgutils.for_range(builder, K) as loop:
+            k = loop.index
+            b = [builder.load(vector(at(B, k, v * lanes)), align=size) for v in range(NV)]
+            for r in range(MR):
+                a = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.load(at(A, k, r)),
+                                           ir.Constant(ir.IntType(32), 0))
+                a = builder.shuffle_vector(a, ir.Constant(vty, ir.Undefined),          # broadcast
+                                           ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+                for v in range(NV):
+                    builder.store(builder.call(fma, [a, b[v], builder.load(acc[r][v])]), acc[r][v])
+        for r in range(MR):
+            for v in range(NV):
+                builder.store(builder.load(acc[r][v]), vector(at(C, ir.Constant(intp, r), v * lanes)), align=size)
+        return context.get_dummy_value()
+    return types.none(ap, bp, ct, add), codegen
 
 
 @jit()
-def _tile(a, bt, c, i, j, K):
-    a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-    b0, b1, b2, b3 = bt[j], bt[j + 1], bt[j + 2], bt[j + 3]
-    zero = c.dtype.type(0)   # accumulate in c's dtype (a bare 0 would be an int, then float64)
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-    for k in range(K):
-        x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
-        y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
-        s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3   # noqa: E702
-        s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3   # noqa: E702
-        s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3   # noqa: E702
-        s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3   # noqa: E702
-    c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = s00, s01, s02, s03
-    c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = s10, s11, s12, s13
-    c[i + 2, j], c[i + 2, j + 1], c[i + 2, j + 2], c[i + 2, j + 3] = s20, s21, s22, s23
-    c[i + 3, j], c[i + 3, j + 1], c[i + 3, j + 2], c[i + 3, j + 3] = s30, s31, s32, s33
+def _pack(x, out, W):
+    """out[g, k, w] = x[g * W + w, k] for x (R, K), out (G, K, W); zero past row R.
+    Callers pass W as a constant (MR or NR), so LLVM unrolls the w loop."""
+    R, K = x.shape
+    for g in range(out.shape[0]):
+        if (g + 1) * W <= R:
+            for k in range(K):
+                for w in range(W):
+                    out[g, k, w] = x[g * W + w, k]
+        else:
+            for k in range(K):
+                for w in range(W):
+                    out[g, k, w] = x[g * W + w, k] if g * W + w < R else 0
 
 
 @jit()
-def _dot(a, bt, c, i, j, K):
-    s = c.dtype.type(0)
-    for k in range(K):
-        s += a[i, k] * bt[j, k]
-    c[i, j] = s
-
-
-@jit()
-def _panel(a, bt, c, i0, i1, j0, j1):
-    """C[i0:i1, j0:j1] from rows of a and bt; 4x4 tiles inside, single dot products on edges."""
-    K = a.shape[1]
-    i4, j4 = i0 + (i1 - i0) // 4 * 4, j0 + (j1 - j0) // 4 * 4
-    for i in range(i0, i4, 4):
-        for j in range(j0, j4, 4):
-            _tile(a, bt, c, i, j, K)
-        for j in range(j4, j1):
-            for ii in range(i, i + 4):
-                _dot(a, bt, c, ii, j, K)
-    for i in range(i4, i1):
-        for j in range(j0, j1):
-            _dot(a, bt, c, i, j, K)
+def _work(a, bt, c, ia, ib, t0, t1):
+    """Tasks t0..t1 of C = A @ B; task t = (output matrix p, group of GROUP A panels).
+    a (Pa, M, K) and bt (Pb, N, K) may have any strides."""
+    P, M, N = c.shape
+    K = a.shape[2]
+    nr = NV * VECTOR_BYTES // c.itemsize
+    panels = (M + MR - 1) // MR
+    groups = (panels + GROUP - 1) // GROUP
+    ap = np.empty((GROUP, K, MR), c.dtype)
+    bp = np.empty(((N + nr - 1) // nr, K, nr), c.dtype)
+    ct = np.empty((MR, nr), c.dtype)
+    packed = -1                     # which B matrix bp holds
+    for t in range(t0, t1):
+        p, g = t // groups, t % groups
+        if ib[p] != packed:
+            _pack(bt[ib[p]], bp, nr)
+            packed = ib[p]
+        rows = a[ia[p], g * GROUP * MR:(g + 1) * GROUP * MR]
+        n_ap = (rows.shape[0] + MR - 1) // MR
+        _pack(rows, ap[:n_ap], MR)
+        for k0 in range(0, K, KC):
+            for jb in range(bp.shape[0]):
+                for i in range(n_ap):
+                    i0, j0 = g * GROUP * MR + i * MR, jb * nr
+                    if i0 + MR <= M and j0 + nr <= N:     # a whole tile: straight into C
+                        _tile(ap[i, k0:k0 + KC], bp[jb, k0:k0 + KC], c[p, i0:i0 + MR, j0:j0 + nr], k0 > 0)
+                        continue
+                    _tile(ap[i, k0:k0 + KC], bp[jb, k0:k0 + KC], ct, False)   # an edge: via ct
+                    for r in range(min(MR, M - i0)):
+                        for q in range(min(nr, N - j0)):
+                            c[p, i0 + r, j0 + q] = ct[r, q] + (c[p, i0 + r, j0 + q] if k0 > 0 else 0)
 
 
 @jit(parallel=True)
-def _gemm(a, bt, c, ia, ib, NB):
-    P, M, N = c.shape
-    blocks = (M + ROWS - 1) // ROWS
-    for t in prange(P * blocks):
-        p, blk = t // blocks, t % blocks
-        i0, i1 = blk * ROWS, min(M, blk * ROWS + ROWS)
-        for j0 in range(0, N, NB):
-            _panel(a[ia[p]], bt[ib[p]], c[p], i0, i1, j0, min(N, j0 + NB))
+def _work_parallel(a, bt, c, ia, ib, tasks, threads):
+    """`_work` with the tasks split evenly over `threads` threads."""
+    for s in prange(threads):
+        _work(a, bt, c, ia, ib, s * tasks // threads, (s + 1) * tasks // threads)
 
 
 def _check(fn, a, b):
@@ -94,11 +165,21 @@ def _check(fn, a, b):
                          f"got a {a.shape}, b {b.shape}")
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"{fn}: a's last dimension must equal b's second-to-last, got a {a.shape}, b {b.shape}")
+    if a.shape[:-2] == b.shape[:-2]:
+        return a, b, a.shape[:-2]
     try:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ValueError:
         raise ValueError(f"{fn}: batch dimensions do not broadcast, got a {a.shape}, b {b.shape}") from None
     return a, b, batch
+
+
+def _batch_index(shape, batch):
+    """For each output matrix, the index of its operand matrix (broadcasting without copies)."""
+    n = math.prod(shape)
+    if shape == batch:
+        return np.arange(n)
+    return np.broadcast_to(np.arange(n).reshape(shape), batch).ravel()
 
 
 def gemm(a, b):
@@ -111,23 +192,20 @@ def gemm(a, b):
     if K == 0:
         c[...] = 0
         return c
-    a3 = np.ascontiguousarray(a).reshape(-1, M, K)
-    bt3 = np.ascontiguousarray(np.swapaxes(b, -1, -2)).reshape(-1, N, K)
-    ia = np.broadcast_to(np.arange(a3.shape[0]).reshape(a.shape[:-2]), batch).ravel()
-    ib = np.broadcast_to(np.arange(bt3.shape[0]).reshape(b.shape[:-2]), batch).ravel()
-    nb = max(16, (1 << 20) // (K * a.itemsize) // 4 * 4)   # ~1 MiB of bt per column block
-    _gemm(a3, bt3, c.reshape(-1, M, N), ia, ib, nb)
+    a3 = a.reshape((-1, M, K))
+    bt3 = np.swapaxes(b, -1, -2).reshape((-1, N, K))
+    ia, ib = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
+    tasks = len(ia) * -(-M // (MR * GROUP))
+    threads = min(tasks, numba.get_num_threads(), max(1, M * N * K // PARALLEL_WORK))
+    if threads > 1:
+        _work_parallel(a3, bt3, c.reshape(-1, M, N), ia, ib, tasks, threads)
+    else:
+        _work(a3, bt3, c.reshape(-1, M, N), ia, ib, 0, tasks)
     return c
 
 
 def matmul(a, b):
     """a @ b, checked like `gemm`, computed by np.matmul (OpenBLAS).
-
-    Measured on the build machine (benchmarks/kernels.py), `gemm` reached 0.26-0.65x of
-    OpenBLAS on one thread for 128-1024 square and (2048,256)@(256,1024), and 0.12-0.37x on
-    batched attention shapes (K = 16..128; with K = 32 the per-tile horizontal sums dominate).
-    No shape was faster, so every shape goes to BLAS; `gemm` stays the readable, tested
-    reference. Re-run the benchmark before changing this rule.
 
     Two shapes are rearranged first, because np.matmul handles them slowly (measured on
     transformer shapes, 1 thread):
