@@ -47,7 +47,7 @@ VECTOR_BYTES = _vector_bytes()
 MR = 8          # rows of A per register tile
 NV = 2          # vectors of B per register tile: NR = NV * lanes columns (32 float32 with AVX-512)
 KC = 256        # depth of one pass over K
-GROUP = 12      # A panels per task (96 rows)
+ROWS = 96       # rows of A per task, at most: 12 panels, ~100 KiB of packed A in L2 at K = 256
 PARALLEL_WORK = 1 << 20   # multiply-adds per thread below which a thread is not worth waking
 
 
@@ -118,44 +118,57 @@ def _pack(x, out, W):
 
 
 @jit()
-def _work(a, bt, c, ia, ib, t0, t1):
-    """Tasks t0..t1 of C = A @ B; task t = (output matrix p, group of GROUP A panels).
-    a (Pa, M, K) and bt (Pb, N, K) may have any strides."""
+def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
+    """Tasks t0..t1 of C = A @ B, for a (Pa, M, K) and bt (Pb, N, K) with any strides.
+    Task t is a block of C: output matrix p, `rows` rows (a multiple of MR) by `cols`
+    columns (a multiple of NR), with the row blocks of one column block adjacent so that
+    consecutive tasks reuse the packed B block."""
     P, M, N = c.shape
     K = a.shape[2]
     nr = NV * VECTOR_BYTES // c.itemsize
-    panels = (M + MR - 1) // MR
-    groups = (panels + GROUP - 1) // GROUP
-    ap = np.empty((GROUP, K, MR), c.dtype)
-    bp = np.empty(((N + nr - 1) // nr, K, nr), c.dtype)
+    row_blocks, col_blocks = (M + rows - 1) // rows, (N + cols - 1) // cols
+    ap = np.empty((rows // MR, K, MR), c.dtype)
+    bp = np.empty((cols // nr, K, nr), c.dtype)
     ct = np.empty((MR, nr), c.dtype)
-    packed = -1                     # which B matrix bp holds
+    packed = (-1, -1)                     # the (B matrix, column block) that bp holds
     for t in range(t0, t1):
-        p, g = t // groups, t % groups
-        if ib[p] != packed:
-            _pack(bt[ib[p]], bp, nr)
-            packed = ib[p]
-        rows = a[ia[p], g * GROUP * MR:(g + 1) * GROUP * MR]
-        n_ap = (rows.shape[0] + MR - 1) // MR
-        _pack(rows, ap[:n_ap], MR)
+        p, cb, rb = t // (row_blocks * col_blocks), t // row_blocks % col_blocks, t % row_blocks
+        r0, c0 = rb * rows, cb * cols
+        na, nb = (min(M, r0 + rows) - r0 + MR - 1) // MR, (min(N, c0 + cols) - c0 + nr - 1) // nr
+        if packed != (ib[p], cb):
+            _pack(bt[ib[p], c0:c0 + cols], bp[:nb], nr)
+            packed = (ib[p], cb)
+        _pack(a[ia[p], r0:r0 + rows], ap[:na], MR)
         for k0 in range(0, K, KC):
-            for jb in range(bp.shape[0]):
-                for i in range(n_ap):
-                    i0, j0 = g * GROUP * MR + i * MR, jb * nr
+            for j in range(nb):
+                for i in range(na):
+                    i0, j0 = r0 + i * MR, c0 + j * nr
                     if i0 + MR <= M and j0 + nr <= N:     # a whole tile: straight into C
-                        _tile(ap[i, k0:k0 + KC], bp[jb, k0:k0 + KC], c[p, i0:i0 + MR, j0:j0 + nr], k0 > 0)
+                        _tile(ap[i, k0:k0 + KC], bp[j, k0:k0 + KC], c[p, i0:i0 + MR, j0:j0 + nr], k0 > 0)
                         continue
-                    _tile(ap[i, k0:k0 + KC], bp[jb, k0:k0 + KC], ct, False)   # an edge: via ct
+                    _tile(ap[i, k0:k0 + KC], bp[j, k0:k0 + KC], ct, False)   # an edge: via ct
                     for r in range(min(MR, M - i0)):
                         for q in range(min(nr, N - j0)):
                             c[p, i0 + r, j0 + q] = ct[r, q] + (c[p, i0 + r, j0 + q] if k0 > 0 else 0)
 
 
 @jit(parallel=True)
-def _work_parallel(a, bt, c, ia, ib, tasks, threads):
+def _work_parallel(a, bt, c, ia, ib, rows, cols, tasks, threads):
     """`_work` with the tasks split evenly over `threads` threads."""
     for s in prange(threads):
-        _work(a, bt, c, ia, ib, s * tasks // threads, (s + 1) * tasks // threads)
+        _work(a, bt, c, ia, ib, rows, cols, s * tasks // threads, (s + 1) * tasks // threads)
+
+
+def _blocks(P, M, N, nr, threads):
+    """Rows and columns per task: row blocks of up to ROWS rows, all columns, unless that
+    leaves fewer than two tasks per thread; then columns are split too. Blocks are evened
+    out (128 rows make two blocks of 64, not 96 + 32) so threads finish together."""
+    def even(n, unit, blocks):   # the size of `blocks` near-equal blocks covering n, in whole units
+        return -(-(-(-n // unit)) // blocks) * unit
+    row_blocks = -(-M // ROWS)
+    want = 2 * threads if threads > 1 else 1
+    col_blocks = max(1, min(-(-N // nr), -(-want // (P * row_blocks))))
+    return even(M, MR, row_blocks), even(N, nr, col_blocks)
 
 
 def _check(fn, a, b):
@@ -195,12 +208,14 @@ def gemm(a, b):
     a3 = a.reshape((-1, M, K))
     bt3 = np.swapaxes(b, -1, -2).reshape((-1, N, K))
     ia, ib = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
-    tasks = len(ia) * -(-M // (MR * GROUP))
-    threads = min(tasks, numba.get_num_threads(), max(1, M * N * K // PARALLEL_WORK))
-    if threads > 1:
-        _work_parallel(a3, bt3, c.reshape(-1, M, N), ia, ib, tasks, threads)
+    P, c3 = len(ia), c.reshape(-1, M, N)
+    threads = max(1, min(numba.get_num_threads(), M * N * K * P // PARALLEL_WORK))
+    rows, cols = _blocks(P, M, N, panel_width(a.dtype), threads)
+    tasks = P * -(-M // rows) * -(-N // cols)
+    if threads > 1 and tasks > 1:
+        _work_parallel(a3, bt3, c3, ia, ib, rows, cols, tasks, min(threads, tasks))
     else:
-        _work(a3, bt3, c.reshape(-1, M, N), ia, ib, 0, tasks)
+        _work(a3, bt3, c3, ia, ib, rows, cols, 0, tasks)
     return c
 
 
