@@ -75,6 +75,7 @@ def test_gemm_tiles_exactly_on_integers():
     a = rng.integers(-4, 5, (3, 67, 530)).astype(np.float32)
     b = rng.integers(-4, 5, (530, 130)).astype(np.float32)
     assert np.array_equal(F.gemm(a, b), a @ b)
+    assert np.array_equal(F.matmul(a, b), a @ b)    # large enough for matmul to use gemm
     bt = rng.integers(-4, 5, (2, 1, 130, 530)).astype(np.float64).swapaxes(-1, -2)
     assert np.array_equal(F.gemm(a.astype(np.float64), bt), a @ bt)
 

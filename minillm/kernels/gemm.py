@@ -48,6 +48,7 @@ MR = 8          # rows of A per register tile
 NV = 2          # vectors of B per register tile: NR = NV * lanes columns (32 float32 with AVX-512)
 KC = 256        # depth of one pass over K
 ROWS = 96       # rows of A per task, at most: 12 panels, ~100 KiB of packed A in L2 at K = 256
+GEMM_MIN_WORK = 1 << 21   # multiply-adds from which `matmul` uses gemm rather than BLAS
 PARALLEL_WORK = 1 << 20   # multiply-adds per thread below which a thread is not worth waking
 
 
@@ -57,9 +58,9 @@ def panel_width(dtype):
 
 
 @intrinsic
-def _tile(typingctx, ap, bp, ct, add):
-    """ct[:, :] = ap.T @ bp (add=False) or ct[:, :] += ap.T @ bp (add=True) for ap (K, MR),
-    bp (K, NR) and ct (MR, NR), each with contiguous rows."""
+def _tile(typingctx, a, bp, c, add):
+    """c[:, :] = a @ bp (add=False) or c[:, :] += a @ bp (add=True), for a (MR, K) with any
+    strides, and bp (K, NR) and c (MR, NR) with contiguous rows."""
     def codegen(context, builder, sig, args):
         A, B, C = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
         fty = context.get_value_type(sig.args[0].dtype)
@@ -70,35 +71,34 @@ def _tile(typingctx, ap, bp, ct, add):
                                              f"llvm.fma.v{lanes}f{8 * size}")
         intp = context.get_value_type(types.intp)
 
-        def at(array, row, col):    # pointer to array[row, col] (col a constant)
-            stride = builder.sdiv(cgutils.unpack_tuple(builder, array.strides)[0], ir.Constant(intp, size))
-            return builder.gep(array.data, [builder.add(builder.mul(row, stride), ir.Constant(intp, col))])
+        def at(array, row, col):    # pointer to array[row, col]; row and col: ints or LLVM values
+            row, col = (ir.Constant(intp, x) if isinstance(x, int) else x for x in (row, col))
+            s0, s1 = (builder.sdiv(s, ir.Constant(intp, size)) for s in cgutils.unpack_tuple(builder, array.strides))
+            return builder.gep(array.data, [builder.add(builder.mul(row, s0), builder.mul(col, s1))])
 
         def vector(ptr):
             return builder.bitcast(ptr, vty.as_pointer())
 
-        # accumulators: stack slots that LLVM promotes to registers (mem2reg), starting at 0 or ct
+        # accumulators: stack slots that LLVM promotes to registers (mem2reg), starting at 0 or c
         add = context.cast(builder, args[3], sig.args[3], types.boolean)
         acc = [[cgutils.alloca_once_value(builder, builder.select(
-                    add, builder.load(vector(at(C, ir.Constant(intp, r), v * lanes)), align=size),
-                    ir.Constant(vty, None)))
+                    add, builder.load(vector(at(C, r, v * lanes)), align=size), ir.Constant(vty, None)))
                 for v in range(NV)] for r in range(MR)]
-        K = cgutils.unpack_tuple(builder, A.shape)[0]
-        with cgutils.for_range(builder, K) as loop:
+        with cgutils.for_range(builder, cgutils.unpack_tuple(builder, B.shape)[0]) as loop:
             k = loop.index
             b = [builder.load(vector(at(B, k, v * lanes)), align=size) for v in range(NV)]
             for r in range(MR):
-                a = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.load(at(A, k, r)),
+                x = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.load(at(A, r, k)),
                                            ir.Constant(ir.IntType(32), 0))
-                a = builder.shuffle_vector(a, ir.Constant(vty, ir.Undefined),          # broadcast
+                x = builder.shuffle_vector(x, ir.Constant(vty, ir.Undefined),          # broadcast a[r, k]
                                            ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
                 for v in range(NV):
-                    builder.store(builder.call(fma, [a, b[v], builder.load(acc[r][v])]), acc[r][v])
+                    builder.store(builder.call(fma, [x, b[v], builder.load(acc[r][v])]), acc[r][v])
         for r in range(MR):
             for v in range(NV):
-                builder.store(builder.load(acc[r][v]), vector(at(C, ir.Constant(intp, r), v * lanes)), align=size)
+                builder.store(builder.load(acc[r][v]), vector(at(C, r, v * lanes)), align=size)
         return context.get_dummy_value()
-    return types.none(ap, bp, ct, add), codegen
+    return types.none(a, bp, c, add), codegen
 
 
 @jit()
@@ -120,36 +120,54 @@ def _pack(x, out, W):
 @jit()
 def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
     """Tasks t0..t1 of C = A @ B, for a (Pa, M, K) and bt (Pb, N, K) with any strides.
+
     Task t is a block of C: output matrix p, `rows` rows (a multiple of MR) by `cols`
-    columns (a multiple of NR), with the row blocks of one column block adjacent so that
-    consecutive tasks reuse the packed B block."""
+    columns (a multiple of NR); the tasks of one column block are adjacent. For each run of
+    such tasks and each slice of KC values of k, the B block's slice is packed once
+    (cols * KC values: it stays in L2) and every row block of the run is multiplied by it.
+    A with contiguous rows is read in place (8 rows at a time, the last M % MR rows from a
+    zero-padded copy); any other A is packed too."""
     P, M, N = c.shape
     K = a.shape[2]
     nr = NV * VECTOR_BYTES // c.itemsize
+    in_place = a.strides[2] == a.itemsize
     row_blocks, col_blocks = (M + rows - 1) // rows, (N + cols - 1) // cols
-    ap = np.empty((rows // MR, K, MR), c.dtype)
-    bp = np.empty((cols // nr, K, nr), c.dtype)
+    bp = np.empty((cols // nr, KC, nr), c.dtype)
+    ap = np.empty((0 if in_place else rows // MR, KC, MR), c.dtype)
+    edge = np.zeros((MR, KC), c.dtype)
     ct = np.empty((MR, nr), c.dtype)
-    packed = (-1, -1)                     # the (B matrix, column block) that bp holds
-    for t in range(t0, t1):
-        p, cb, rb = t // (row_blocks * col_blocks), t // row_blocks % col_blocks, t % row_blocks
-        r0, c0 = rb * rows, cb * cols
-        na, nb = (min(M, r0 + rows) - r0 + MR - 1) // MR, (min(N, c0 + cols) - c0 + nr - 1) // nr
-        if packed != (ib[p], cb):
-            _pack(bt[ib[p], c0:c0 + cols], bp[:nb], nr)
-            packed = (ib[p], cb)
-        _pack(a[ia[p], r0:r0 + rows], ap[:na], MR)
+    t = t0
+    while t < t1:
+        run = min(t1, (t // row_blocks + 1) * row_blocks)   # tasks t..run share p and the column block
+        p, cb = t // (row_blocks * col_blocks), t // row_blocks % col_blocks
+        c0 = cb * cols
+        nb = (min(N, c0 + cols) - c0 + nr - 1) // nr
         for k0 in range(0, K, KC):
-            for j in range(nb):
-                for i in range(na):
-                    i0, j0 = r0 + i * MR, c0 + j * nr
-                    if i0 + MR <= M and j0 + nr <= N:     # a whole tile: straight into C
-                        _tile(ap[i, k0:k0 + KC], bp[j, k0:k0 + KC], c[p, i0:i0 + MR, j0:j0 + nr], k0 > 0)
-                        continue
-                    _tile(ap[i, k0:k0 + KC], bp[j, k0:k0 + KC], ct, False)   # an edge: via ct
-                    for r in range(min(MR, M - i0)):
-                        for q in range(min(nr, N - j0)):
-                            c[p, i0 + r, j0 + q] = ct[r, q] + (c[p, i0 + r, j0 + q] if k0 > 0 else 0)
+            k1 = min(K, k0 + KC)
+            _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], nr)
+            for rb in range(t % row_blocks, t % row_blocks + run - t):
+                r0, r1 = rb * rows, min(M, rb * rows + rows)
+                if not in_place:
+                    _pack(a[ia[p], r0:r1, k0:k1], ap[:(r1 - r0 + MR - 1) // MR, :k1 - k0], MR)
+                elif r1 == M and M % MR:
+                    edge[:M % MR, :k1 - k0] = a[ia[p], M - M % MR:, k0:k1]
+                for j in range(nb):
+                    j0 = c0 + j * nr
+                    for i0 in range(r0, r1, MR):
+                        if not in_place:
+                            ai = ap[(i0 - r0) // MR, :k1 - k0].T
+                        elif i0 + MR <= M:
+                            ai = a[ia[p], i0:i0 + MR, k0:k1]
+                        else:
+                            ai = edge[:, :k1 - k0]
+                        if i0 + MR <= M and j0 + nr <= N:     # a whole tile: straight into C
+                            _tile(ai, bp[j, :k1 - k0], c[p, i0:i0 + MR, j0:j0 + nr], k0 > 0)
+                            continue
+                        _tile(ai, bp[j, :k1 - k0], ct, False)   # an edge: via ct
+                        for r in range(min(MR, M - i0)):
+                            for q in range(min(nr, N - j0)):
+                                c[p, i0 + r, j0 + q] = ct[r, q] + (c[p, i0 + r, j0 + q] if k0 > 0 else 0)
+        t = run
 
 
 @jit(parallel=True)
@@ -197,7 +215,10 @@ def _batch_index(shape, batch):
 
 def gemm(a, b):
     """a @ b with np.matmul's batch broadcasting (both at least 2-D), always by the Numba kernel."""
-    a, b, batch = _check("gemm", a, b)
+    return _gemm(*_check("gemm", a, b))
+
+
+def _gemm(a, b, batch):
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     c = np.empty(batch + (M, N), a.dtype)
     if c.size == 0:
@@ -220,19 +241,24 @@ def gemm(a, b):
 
 
 def matmul(a, b):
-    """a @ b, checked like `gemm`, computed by np.matmul (OpenBLAS).
+    """a @ b, checked like `gemm`: by `gemm` from GEMM_MIN_WORK multiply-adds up, by np.matmul
+    (OpenBLAS) below, where its lower fixed cost wins (~2 us against ~8-20 us at 128 x 128 x 32).
 
-    Two shapes are rearranged first, because np.matmul handles them slowly (measured on
-    transformer shapes, 1 thread):
-      * (..., K) @ (K, N), e.g. activations (B, T, d) times a weight: np.matmul runs B
-        small GEMMs; viewing a as (B*T, K) makes it one big one (1.1-2x faster in a step).
-      * a batched right operand that is not C-contiguous (k^T in q @ k^T as a transposed
-        view): np.matmul's batched loop takes a path ~2x slower than on a contiguous copy,
-        and the copy costs ~10% of the product.
+    Measured on the build machine (benchmarks/kernels.py, float32, 1 thread), `gemm` reached
+    0.71-1.05x of OpenBLAS's throughput at 128-1024 square and on (2048, 256) @ (256, 1024)
+    and the other 2-D shapes of a transformer layer, and 0.6-0.8x on batched attention
+    shapes; at 2 threads it beat BLAS on attention shapes (BLAS runs a batch of small
+    products one at a time). Using one engine for every large product also keeps OpenBLAS's
+    threads, which spin for a while after each call, from competing with Numba's for the
+    cores: a training step ran faster with every product in `gemm` (benchmarks/train_step.py).
+
+    (..., K) @ (K, N) with a contiguous `a` is one (rows, K) @ (K, N) product, not a batch.
     """
-    a, b, _ = _check("matmul", a, b)
-    if b.ndim == 2 and a.ndim > 2:
-        return np.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
-    if b.ndim > 2 and not b.flags.c_contiguous:
+    a, b, batch = _check("matmul", a, b)
+    if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
+        return matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
+    if math.prod(batch) * a.shape[-2] * a.shape[-1] * b.shape[-1] >= GEMM_MIN_WORK:
+        return _gemm(a, b, batch)
+    if b.ndim > 2 and not b.flags.c_contiguous:   # np.matmul's batched loop is ~2x slower on views
         b = np.ascontiguousarray(b)
     return np.matmul(a, b)
