@@ -88,23 +88,25 @@ def kernel_table(F, R, rng):
 
 
 def policy_child():
-    """A training-step-like loop: BLAS products interleaved with parallel Numba kernels."""
+    """A training-step-like loop: products interleaved with parallel Numba kernels, the
+    products once by OpenBLAS (np.matmul) and once by minillm's gemm (`matmul` today)."""
     from minillm.kernels import fast as F
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2048, 128)).astype(np.float32)
     w1, w2 = rng.standard_normal((128, 512)).astype(np.float32), rng.standard_normal((512, 128)).astype(np.float32)
     q = rng.standard_normal((16, 4, 128, 32)).astype(np.float32)
 
-    def step():
-        h = F.gelu(F.matmul(x, w1))
-        F.layer_norm(F.matmul(h, w2), None, None, 1e-5)
-        F.matmul(F.softmax(F.matmul(q, q.swapaxes(-1, -2)), causal=True), q)
+    def step(mm):
+        h = F.gelu(mm(x, w1))
+        F.layer_norm(mm(h, w2), None, None, 1e-5)
+        mm(F.softmax(mm(q, q.swapaxes(-1, -2)), causal=True), q)
     import numba
-    print(f"{numba.threading_layer():10s} {median_time(step, repeat=21) * 1e3:8.2f} ms/step")
+    blas, gemm = (median_time(lambda: step(mm), repeat=21) * 1e3 for mm in (np.matmul, F.gemm))
+    print(f"{numba.threading_layer():10s} {blas:8.2f} ms/step with BLAS products {gemm:8.2f} ms/step with gemm")
 
 
 def policy():
-    print("\nThread policy: one step = 3 BLAS products + gelu + layer_norm + causal softmax, 2 threads")
+    print("\nThread policy: one step = 4 products + gelu + layer_norm + causal softmax, 2 threads")
     for layer in ("workqueue", "omp"):
         env = dict(os.environ, NUMBA_THREADING_LAYER=layer, MINILLM_NUM_THREADS="2")
         subprocess.run([sys.executable, __file__, "--policy-child"], env=env, check=False)

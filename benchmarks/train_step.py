@@ -16,9 +16,10 @@ their losses must agree (column "dloss").
 
 Every thread count runs in its own subprocess, with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
 MKL_NUM_THREADS, NUMBA_NUM_THREADS and MINILLM_NUM_THREADS set before NumPy or torch is
-imported (and torch.set_num_threads / minillm.kernels.set_num_threads called in it). In one
-subprocess the two frameworks alternate step by step after warm-up (the order flips every
-repetition, with a garbage collection and a short pause between timed steps so that no
+imported (and torch.set_num_threads / minillm.kernels.set_num_threads called in it).
+minillm runs in that subprocess and PyTorch in a second one beside it (in one process their
+thread pools interfere); the two alternate step by step after warm-up (the order flips every
+repetition, with a garbage collection and a short pause before each timed step so that no
 thread pool is still spinning), and the table reports medians. Without torch installed,
 minillm runs alone.
 
@@ -357,52 +358,106 @@ def pause():
     time.sleep(0.03)  # let spinning BLAS/OpenMP workers go to sleep before the next timed step
 
 
+def timed(step):
+    """Wall and CPU seconds of one step, after a pause."""
+    pause()
+    c, t = time.process_time(), time.perf_counter()
+    step()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+class TorchServer:
+    """The PyTorch twin in its own process, driven one step at a time over a pipe.
+
+    Each framework runs in its own process, as a user would run it: in one process the
+    thread pools of the two frameworks (Numba's, PyTorch's OpenMP) interfere with each
+    other. The steps still alternate one by one, so both share the machine's noise."""
+
+    def __init__(self, threads, sdpa):
+        cmd = [sys.executable, os.path.abspath(__file__), "--_worker", "torch-server",
+               "--_payload", json.dumps({"threads": threads, "sdpa": sdpa})]
+        env = dict(thread_env(threads), MINILLM_KERNELS="numpy")   # minillm there only builds weights
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, **msg):
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the torch server died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self):
+        self.ask(cmd="quit")
+        self.proc.wait()
+
+
+def torch_server(threads, sdpa):
+    """The other end of TorchServer: set up a case, run timed steps, until told to quit."""
+    version = None
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "quit":
+            print(json.dumps({}), flush=True)
+            return
+        if msg["cmd"] == "setup":
+            actual = setup_threads(threads, ["torch"])["torch"]
+            import torch
+            version = torch.__version__
+            case = msg["case"]
+            step = TorchStep(case, sdpa)
+            note = step.load_minillm(MinillmStep(case).model)   # the same initial weights
+            step.set_batch(make_batch(case))
+            losses = [step() for _ in range(msg["warmup"])]
+            out = {"losses": losses, "note": note, "threads": actual, "version": version}
+        else:
+            wall, cpu = timed(step)
+            out = {"wall": wall, "cpu": cpu}
+        print(json.dumps(out), flush=True)
+
+
 def time_cases(cases, threads, reps, warmup, use_torch, sdpa, log):
-    fw = ["minillm"] + (["torch"] if use_torch else [])
-    actual = setup_threads(threads, fw)
+    actual = setup_threads(threads, ["minillm"])
     import minillm
     where = {"minillm": os.path.dirname(minillm.__file__), "minillm_kernels": minillm.kernels.backend()}
-    if use_torch:
-        import torch
-        where["torch"] = torch.__version__
+    server = TorchServer(threads, sdpa) if use_torch else None
     results = []
     for case in cases:
         t0 = time.perf_counter()
         batch = make_batch(case)
-        steps = {"minillm": MinillmStep(case)}
-        steps["minillm"].set_batch(batch)
+        mini = MinillmStep(case)
+        mini.set_batch(batch)
         res = {"case": case, "threads": threads, "threads_in_force": actual, "versions": where,
-               "tokens": case["batch"] * case["T"], "fwd_flops": steps["minillm"].forward_flops(case)}
+               "tokens": case["batch"] * case["T"], "fwd_flops": mini.forward_flops(case)}
         if res["fwd_flops"] is not None:
             res["fwd_flops"] *= case["batch"]
-        note = None
-        if use_torch:
-            steps["torch"] = TorchStep(case, sdpa)
-            note = steps["torch"].load_minillm(steps["minillm"].model)
-            steps["torch"].set_batch(batch)
         # warm-up; the first two steps from identical weights double as the twin check
-        losses = {k: [s() for _ in range(max(warmup, 2))] for k, s in steps.items()}
-        res["losses"] = losses
-        if use_torch:
-            res["dloss"] = None if note else max(abs(a - b) for a, b in zip(losses["minillm"][:2], losses["torch"][:2]))
+        res["losses"] = {"minillm": [mini() for _ in range(max(warmup, 2))]}
+        steps = {"minillm": lambda: timed(mini)}
+        if server:
+            reply = server.ask(cmd="setup", case=case, warmup=max(warmup, 2))
+            actual["torch"], where["torch"] = reply["threads"], reply["version"]
+            res["losses"]["torch"], note = reply["losses"], reply["note"]
+            res["dloss"] = None if note else max(abs(a - b) for a, b in zip(res["losses"]["minillm"][:2], reply["losses"][:2]))
             res["twin_note"] = note
+            steps["torch"] = lambda: tuple(server.ask(cmd="step")[k] for k in ("wall", "cpu"))
         times, cpu = {k: [] for k in steps}, {k: [] for k in steps}
         order = list(steps)
         for r in range(reps):
             for k in (order if r % 2 == 0 else order[::-1]):
-                pause()
-                c, t = time.process_time(), time.perf_counter()
-                steps[k]()
-                times[k].append(time.perf_counter() - t)
-                cpu[k].append(time.process_time() - c)
+                wall, c = steps[k]()
+                times[k].append(wall)
+                cpu[k].append(c)
         for k in steps:
             res[k] = summary(times[k])
             res[k]["cpu_median"] = statistics.median(cpu[k])
         results.append(res)
         msg = "  ".join(f"{k} {res[k]['median'] * 1e3:.0f} ms" for k in steps)
         log(f"[{threads} thr] {case['name']}: {msg}  ({time.perf_counter() - t0:.0f} s)")
-        del steps
+        del mini, steps
         gc.collect()
+    if server:
+        server.close()
     return results
 
 
@@ -449,6 +504,9 @@ def worker(args):
     if args.worker == "time":
         out = time_cases(payload["cases"], payload["threads"], payload["reps"], payload["warmup"],
                          payload["torch"], payload["sdpa"], log)
+    elif args.worker == "torch-server":
+        torch_server(payload["threads"], payload["sdpa"])
+        return
     elif args.worker == "memory":
         setup_threads(payload["threads"], [payload["framework"]])
         out = memory_case(payload["case"], payload["framework"], payload["steps"], payload["sdpa"])

@@ -48,7 +48,7 @@ MR = 8          # rows of A per register tile
 NV = 2          # vectors of B per register tile: NR = NV * lanes columns (32 float32 with AVX-512)
 KC = 256        # depth of one pass over K
 ROWS = 96       # rows of A per task, at most: 12 panels, ~100 KiB of packed A in L2 at K = 256
-GEMM_MIN_WORK = 1 << 21   # multiply-adds from which `matmul` uses gemm rather than BLAS
+GEMM_MIN_WORK = 1 << 18   # multiply-adds from which `matmul` uses gemm: below, OpenBLAS runs on one thread
 PARALLEL_WORK = 1 << 20   # multiply-adds per thread below which a thread is not worth waking
 
 

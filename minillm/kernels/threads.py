@@ -1,24 +1,32 @@
 """One thread policy for the whole engine, and Numba's on-disk cache with a safe fallback.
 
-Why a policy at all: a training step alternates OpenBLAS calls (when `kernels.matmul`
-hands a shape to BLAS) with parallel Numba kernels. Each library keeps its own thread
-pool, and both spin-wait after finishing work so the next call starts fast. On a 2-core
-machine Numba's default layer (OpenMP, spinning) beside 2 spinning OpenBLAS threads made a
-training step 2.3x slower: the pools steal the cores from each other.
+Why a policy at all: each library keeps its own thread pool, and OpenMP-style pools
+spin-wait after finishing work so that the next call starts fast. On a 2-core machine two
+spinning pools steal the cores from each other: Numba's OpenMP layer beside 2 OpenBLAS
+threads made a training step 2.3x slower.
 
-The policy (`benchmarks/kernels.py --policy` times a step of BLAS products interleaved
-with parallel kernels under each layer; see the figures at the end of this docstring):
-  * Numba uses the `workqueue` threading layer: its idle workers sleep instead of spin, so
-    they never steal a core from OpenBLAS, and it needs no TBB/OpenMP runtime.
-  * Both pools get the same size, N = MINILLM_NUM_THREADS (default: the cores this process
-    may run on). `set_num_threads(n)` changes both at run time; a thread count of 1 makes
-    every kernel serial.
-The user can still override the layer with NUMBA_THREADING_LAYER.
+The policy:
+  * Every large matrix product runs in minillm's own GEMM (`gemm.py`, Numba), so a
+    training step keeps one pool busy, Numba's; OpenBLAS sees only products too small for
+    it to wake its threads (below `gemm.GEMM_MIN_WORK`).
+  * Numba uses the OpenMP layer (`omp`, GNU libgomp), falling back to `workqueue` where
+    libgomp is missing. A parallel region costs ~1 us to start with OpenMP against ~18 us
+    with workqueue, whose idle workers sleep and must be woken for every kernel.
+  * Numba and OpenBLAS get the same count, N = MINILLM_NUM_THREADS (default: the cores
+    this process may run on). `set_num_threads(n)` changes both at run time; a thread
+    count of 1 makes every kernel serial.
+The user can still choose the layer with NUMBA_THREADING_LAYER.
 
-Measured on a quiet moment of the build machine (2 threads, `benchmarks/kernels.py
---policy`, 2026-11-28): workqueue 4.85 ms/step against OpenMP 16.0 ms/step, 3.3x in favour
-of the sleeping layer. (Earlier readings on a machine shared with other jobs, load 7-11,
-ranged from 71 to 1436 ms/step for either layer: load swamps the difference.)
+Measured on the build machine (2 threads, `benchmarks/kernels.py --policy`: a step of 4
+products, GELU, LayerNorm and a causal softmax; 2026-11-28, quiet machine):
+
+    layer       products by OpenBLAS   products by gemm
+    workqueue   6.4 ms/step            3.8-5.2 ms/step
+    omp         22.0 ms/step           3.2 ms/step
+
+OpenMP with BLAS products is the fight described above; OpenMP with gemm is the fastest.
+(An earlier policy, workqueue with BLAS products, was the best choice while the hand GEMM
+was slower than OpenBLAS.)
 
 Caching: compiling every kernel takes seconds; `cache=True` stores the machine code next to
 the source (or in the user cache dir) so later imports load it in milliseconds. When no
@@ -33,7 +41,8 @@ import numba
 import numpy as np
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "default"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 
 
 # Fast-math flags: `reassoc` lets LLVM split a sum or max into SIMD lanes, `nnan` lets it
