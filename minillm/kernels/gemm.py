@@ -117,7 +117,18 @@ def _pack(x, out, W):
                     out[g, k, w] = x[g * W + w, k] if g * W + w < R else 0
 
 
-@jit()
+def _signatures(scalars):
+    """_work's types, per dtype: A, B and the batch indices of any layout, read-only (so
+    one compiled copy serves transposed views, contiguous and read-only arrays alike; each
+    copy takes seconds to compile)."""
+    out = []
+    for dt in (types.float32, types.float64):
+        any3, index = types.Array(dt, 3, "A", readonly=True), types.Array(types.intp, 1, "A", readonly=True)
+        out.append(types.none(any3, any3, types.Array(dt, 3, "C"), index, index, *(types.intp,) * scalars))
+    return out
+
+
+@jit(signatures=_signatures(4))
 def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
     """Tasks t0..t1 of C = A @ B, for a (Pa, M, K) and bt (Pb, N, K) with any strides.
 
@@ -160,17 +171,16 @@ def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
                             ai = a[ia[p], i0:i0 + MR, k0:k1]
                         else:
                             ai = edge[:, :k1 - k0]
-                        if i0 + MR <= M and j0 + nr <= N:     # a whole tile: straight into C
-                            _tile(ai, bp[j, :k1 - k0], c[p, i0:i0 + MR, j0:j0 + nr], k0 > 0)
-                            continue
-                        _tile(ai, bp[j, :k1 - k0], ct, False)   # an edge: via ct
-                        for r in range(min(MR, M - i0)):
-                            for q in range(min(nr, N - j0)):
-                                c[p, i0 + r, j0 + q] = ct[r, q] + (c[p, i0 + r, j0 + q] if k0 > 0 else 0)
+                        whole = i0 + MR <= M and j0 + nr <= N   # a whole tile goes straight into C
+                        _tile(ai, bp[j, :k1 - k0], c[p, i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0)
+                        if not whole:                           # an edge goes via ct
+                            for r in range(min(MR, M - i0)):
+                                for q in range(min(nr, N - j0)):
+                                    c[p, i0 + r, j0 + q] = ct[r, q] + (c[p, i0 + r, j0 + q] if k0 > 0 else 0)
         t = run
 
 
-@jit(parallel=True)
+@jit(parallel=True, signatures=_signatures(4))
 def _work_parallel(a, bt, c, ia, ib, rows, cols, tasks, threads):
     """`_work` with the tasks split evenly over `threads` threads."""
     for s in prange(threads):

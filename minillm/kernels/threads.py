@@ -50,14 +50,18 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 FASTMATH = {"nnan", "nsz", "reassoc", "contract", "arcp"}
 
 
-def jit(parallel=False):
+def jit(parallel=False, signatures=None):
     """`numba.njit` with our flags: FASTMATH, an on-disk cache when a writable location
-    exists, and optional parallel loops."""
+    exists, and optional parallel loops. With `signatures`, the function is compiled for
+    those types only (when first imported, or loaded from the cache), and calls convert to
+    them, e.g. any array to an "A" (any layout) array, instead of compiling one more copy."""
+    args = () if signatures is None else (signatures,)
+
     def wrap(fn):
         try:
-            return numba.njit(fastmath=FASTMATH, parallel=parallel, cache=True, nogil=True)(fn)
+            return numba.njit(*args, fastmath=FASTMATH, parallel=parallel, cache=True, nogil=True)(fn)
         except (RuntimeError, OSError, PermissionError):  # no writable cache location
-            return numba.njit(fastmath=FASTMATH, parallel=parallel, cache=False, nogil=True)(fn)
+            return numba.njit(*args, fastmath=FASTMATH, parallel=parallel, cache=False, nogil=True)(fn)
     return wrap
 
 
