@@ -241,6 +241,18 @@ def _gemm(a, b, batch):
     ia, ib = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
     P, c3 = len(ia), c.reshape(-1, M, N)
     threads = max(1, min(numba.get_num_threads(), M * N * K * P // PARALLEL_WORK))
+    if threads > 1 and P == 1 and K % threads == 0 and K >= 4 * max(M, N):
+        # A long, thin product (a weight gradient x^T @ dy: K = batch x tokens): split K, one
+        # part per thread, and add the partial products. Split by rows or columns instead,
+        # every thread would pack all of one operand, and packing is most of the cost here.
+        S = threads
+        a3 = np.lib.stride_tricks.as_strided(a3, (S, M, K // S), (a3.strides[2] * (K // S),) + a3.strides[1:])
+        bt3 = np.lib.stride_tricks.as_strided(bt3, (S, N, K // S), (bt3.strides[2] * (K // S),) + bt3.strides[1:])
+        parts = np.empty((S, M, N), a.dtype)
+        ia = ib = np.arange(S)
+        rows, cols = _blocks(S, M, N, panel_width(a.dtype), threads)
+        _work_parallel(a3, bt3, parts, ia, ib, rows, cols, S * -(-M // rows) * -(-N // cols), threads)
+        return np.sum(parts, axis=0, out=c)
     rows, cols = _blocks(P, M, N, panel_width(a.dtype), threads)
     tasks = P * -(-M // rows) * -(-N // cols)
     if threads > 1 and tasks > 1:
