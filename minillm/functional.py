@@ -168,7 +168,9 @@ def attention(q, k, v, n_heads, mask=None, dropout=0.0, rng=None):
     def vjp(g):
         gh = _heads(g, n_heads)
         dp = K.matmul(gh, vh.swapaxes(-1, -2))
-        ds = K.softmax_backward(p, dp if keep is None else dp * keep)
+        if keep is not None:
+            dp *= keep
+        ds = K.softmax_backward(p, dp, out=dp)   # dp is ours: overwrite it
         dq = K.matmul(ds, kh)
         dq *= c
         return _merge(dq), _merge(K.matmul(ds.swapaxes(-1, -2), qh)), _merge(K.matmul(pd.swapaxes(-1, -2), gh))

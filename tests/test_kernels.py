@@ -130,6 +130,11 @@ def test_softmax_backwards_equal_numpy(case, dtype, layout, seed):
     mask = make_mask(rng, shape, kind)
     y = R.softmax(x, mask, causal)
     close(F.softmax_backward(y, dy), R.softmax_backward(y, dy), scale=1 + np.abs(dy).sum(-1, keepdims=True))
+    want = R.softmax_backward(y, dy)
+    for impl in (F, R):   # out= may be dy itself
+        dy2 = np.ascontiguousarray(dy.astype(want.dtype))
+        assert impl.softmax_backward(y, dy2, out=dy2) is dy2
+        close(dy2, want, scale=1 + np.abs(dy).sum(-1, keepdims=True))
     ly = R.log_softmax(x, mask, causal)
     close(F.log_softmax_backward(ly, dy, mask, causal), R.log_softmax_backward(ly, dy, mask, causal),
           scale=1 + np.abs(dy).sum(-1, keepdims=True))
@@ -230,6 +235,10 @@ def test_mixed_dtypes_promote_like_numpy():
     (lambda: F.log_softmax(np.ones(3), causal=True), ValueError, ["log_softmax", "causal"]),
     (lambda: F.softmax_backward(np.ones((2, 3)), np.ones((3, 2))), ValueError, ["softmax_backward", "(2, 3)", "(3, 2)"]),
     (lambda: F.log_softmax_backward(np.ones((2, 3)), np.ones((2, 2))), ValueError, ["log_softmax_backward"]),
+    (lambda: F.softmax_backward(np.ones((2, 3)), np.ones((2, 3)), out=np.ones((3, 2))), ValueError,
+     ["softmax_backward", "out", "(2, 3)"]),
+    (lambda: F.softmax(np.ones((2, 3)), out=np.ones((2, 3), np.float32)), ValueError, ["softmax", "out", "float64"]),
+    (lambda: F.softmax(np.ones((2, 4)), out=np.ones((4, 2)).T), ValueError, ["softmax", "out", "C-contiguous"]),
     (lambda: F.gelu_backward(np.ones(3), np.ones(4)), ValueError, ["gelu_backward", "(3,)", "(4,)"]),
     (lambda: F.layer_norm(np.ones((2, 3)), np.ones(4), None, 1e-5), ValueError, ["layer_norm", "weight", "(4,)"]),
     (lambda: F.cross_entropy(np.ones((2, 3)), np.array([0, 3]), -100), ValueError, ["cross_entropy", "targets"]),

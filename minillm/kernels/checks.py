@@ -58,3 +58,16 @@ def mask_rows(fn, mask, shape):
 def rows2d(a):
     """a as a C-contiguous (rows, last axis) array (a copy only if a is not contiguous)."""
     return np.ascontiguousarray(a).reshape(int(np.prod(a.shape[:-1])), a.shape[-1])
+
+
+def out_array(fn, out, shape, dtype):
+    """An `out=` buffer must be a C-contiguous ndarray of the result's shape and dtype."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        got = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}".strip()
+        raise ValueError(f"{fn}: out must be a C-contiguous array of shape {tuple(shape)} and dtype {np.dtype(dtype)}, "
+                         f"got {got}")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: out must be writeable")
+    return out

@@ -5,6 +5,8 @@ Every function works over the last axis, takes and returns ndarrays, and never p
 """
 import numpy as np
 
+from . import checks
+
 
 def matmul(a, b):
     return np.matmul(a, b)
@@ -48,9 +50,13 @@ def softmax(x, mask=None, causal=False):
     return e / np.where(s > 0, s, 1)
 
 
-def softmax_backward(y, dy):
+def softmax_backward(y, dy, out=None):
     """dx = y * (dy - sum(dy * y)); masked entries have y = 0, so they get no gradient."""
-    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+    dx = y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+    if out is None:
+        return dx
+    checks.out_array("softmax_backward", out, dx.shape, dx.dtype)[...] = dx
+    return out
 
 
 def log_softmax(x, mask=None, causal=False):

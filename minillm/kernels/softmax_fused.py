@@ -110,7 +110,7 @@ def _prepare(fn, x, mask, causal):
 
 def _run(fn, x, mask, causal, log, out):
     x, x2, rows, idx, T = _prepare(fn, x, mask, causal)
-    out = np.empty(x.shape, x.dtype) if out is None else out
+    out = checks.out_array(fn, out, x.shape, x.dtype)
     if x.size:
         _forward(x2, rows, idx, T, bool(causal), log, out.reshape(x2.shape))
     return out
@@ -127,12 +127,13 @@ def log_softmax(x, mask=None, causal=False, out=None):
     return _run("log_softmax", x, mask, causal, True, out)
 
 
-def softmax_backward(y, dy):
-    """dx = y * (dy - sum(dy * y)) per row."""
+def softmax_backward(y, dy, out=None):
+    """dx = y * (dy - sum(dy * y)) per row. `out` may be dy itself (each row is read before
+    it is written): no new array, and its lines are already in cache."""
     checks.at_least_1d("softmax_backward", "y", y)
     checks.same_shape("softmax_backward", y=y, dy=dy)
     y, dy = checks.floats("softmax_backward", y=y, dy=dy)
-    out = np.empty(y.shape, y.dtype)
+    out = checks.out_array("softmax_backward", out, y.shape, y.dtype)
     if y.size:
         _softmax_backward(checks.rows2d(y), checks.rows2d(dy), checks.rows2d(out))
     return out
