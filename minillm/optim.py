@@ -14,9 +14,10 @@ output layer) are not decayed, as in GPT-2/nanoGPT practice. Without names only 
 ``ndim`` rule can apply, so pass a Module or named pairs to spare the embeddings.
 ``decay="all"`` decays every parameter (exactly ``torch.optim.AdamW``'s behaviour).
 
-**In place.** Optimiser state (momentum, Adam moments, one scratch buffer per parameter)
-is allocated once in the constructor; ``step()`` updates it and the parameters with
-``out=`` arithmetic and allocates no new arrays the size of the model.
+**In place.** Optimiser state (momentum, Adam moments; SGD keeps one scratch buffer per
+parameter) is allocated once in the constructor; ``step()`` updates it and the parameters
+in place. AdamW's update is one fused kernel (`kernels.adamw_update`, one pass per
+parameter on all threads; the NumPy twin with ``MINILLM_KERNELS=numpy``).
 
 **Gradient accumulation.** Gradients add up in ``.grad`` across ``backward()`` calls
 (PyTorch semantics), so accumulating is: scale each micro-batch's loss by its share of
@@ -31,6 +32,8 @@ their settings so that a resumed run can check it uses the same schedule.
 import math
 
 import numpy as np
+
+from . import kernels as K
 
 __all__ = ["Optimizer", "SGD", "AdamW", "clip_grad_norm", "grad_norm",
            "Schedule", "constant", "warmup_cosine", "warmup_inverse_sqrt", "make_schedule"]
@@ -77,7 +80,6 @@ class Optimizer:
         self.decay_mask = [decay == "all" or decays(n, p) for n, p in named]
         self.t = 0  # number of steps taken
         self.state = {b: [np.zeros_like(p.data) for p in self.params] for b in self._buffers}
-        self._scratch = [np.empty_like(p.data) for p in self.params]
 
     def zero_grad(self):
         for p in self.params:
@@ -150,6 +152,7 @@ class SGD(Optimizer):
             raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         super().__init__(params, decay)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self._scratch = [np.empty_like(p.data) for p in self.params]
 
     def _update(self, p, grad, i):
         g = self._scratch[i]
@@ -191,25 +194,8 @@ class AdamW(Optimizer):
         self.lr, self.betas, self.eps, self.weight_decay = lr, (b1, b2), eps, weight_decay
 
     def _update(self, p, g, i):
-        b1, b2 = self.betas
-        m, v, tmp = self.state["exp_avg"][i], self.state["exp_avg_sq"][i], self._scratch[i]
-        if self.weight_decay and self.decay_mask[i]:
-            p.data *= 1.0 - self.lr * self.weight_decay
-        m *= b1
-        np.multiply(g, 1.0 - b1, out=tmp)
-        m += tmp
-        v *= b2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
-        bias1 = 1.0 - b1 ** self.t
-        bias2 = 1.0 - b2 ** self.t
-        np.sqrt(v, out=tmp)
-        tmp /= math.sqrt(bias2)
-        tmp += self.eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= self.lr / bias1
-        p.data -= tmp
+        K.adamw_update(p.data, g, self.state["exp_avg"][i], self.state["exp_avg_sq"][i], self.lr, self.betas,
+                       self.eps, self.weight_decay if self.decay_mask[i] else 0.0, self.t)
 
 
 # ---- gradient clipping -------------------------------------------------------------------

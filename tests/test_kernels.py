@@ -80,6 +80,23 @@ def test_gemm_tiles_exactly_on_integers():
     assert np.array_equal(F.gemm(a.astype(np.float64), bt), a @ bt)
 
 
+# ---------------------------------------------------------------- AdamW
+
+@given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=40), DTYPES, layouts,
+       st.integers(1, 5), st.sampled_from([0.0, 0.1]), seeds)
+def test_adamw_update_equals_numpy(shape, dtype, layout, t, wd, seed):
+    rng = np.random.default_rng(seed)
+    p, m = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype) * 0.1
+    v, g = np.abs(rng.standard_normal(shape)).astype(dtype) * 0.01, sample(rng, shape, dtype, layout)
+    want = [a.copy() for a in (p, m, v)]
+    R.adamw_update(*want[:1], g, *want[1:], 1e-2, (0.9, 0.95), 1e-8, wd, t)
+    got = [a.copy() for a in (p, m, v)]
+    F.adamw_update(got[0], g, got[1], got[2], 1e-2, (0.9, 0.95), 1e-8, wd, t)   # g may be a strided view
+    for a, b in zip(got, want):
+        close(a, b, scale=1.0)
+    assert not np.array_equal(got[0], p)    # it did update in place
+
+
 # ---------------------------------------------------------------- softmax family
 
 @st.composite
@@ -238,6 +255,10 @@ def test_mixed_dtypes_promote_like_numpy():
     (lambda: F.softmax_backward(np.ones((2, 3)), np.ones((2, 3)), out=np.ones((3, 2))), ValueError,
      ["softmax_backward", "out", "(2, 3)"]),
     (lambda: F.softmax(np.ones((2, 3)), out=np.ones((2, 3), np.float32)), ValueError, ["softmax", "out", "float64"]),
+    (lambda: F.adamw_update(np.ones((3, 4)).T, np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3)), 0.1, (0.9, 0.9),
+                            1e-8, 0.0, 1), ValueError, ["adamw_update", "p", "C-contiguous"]),
+    (lambda: F.adamw_update(np.ones(3), np.ones(4), np.ones(3), np.ones(3), 0.1, (0.9, 0.9), 1e-8, 0.0, 1),
+     ValueError, ["adamw_update", "(3,)", "(4,)"]),
     (lambda: F.softmax(np.ones((2, 4)), out=np.ones((4, 2)).T), ValueError, ["softmax", "out", "C-contiguous"]),
     (lambda: F.gelu_backward(np.ones(3), np.ones(4)), ValueError, ["gelu_backward", "(3,)", "(4,)"]),
     (lambda: F.layer_norm(np.ones((2, 3)), np.ones(4), None, 1e-5), ValueError, ["layer_norm", "weight", "(4,)"]),

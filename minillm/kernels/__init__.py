@@ -80,5 +80,8 @@ def cross_entropy(logits, targets, ignore_index): return _impl().cross_entropy(l
 def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
     return _impl().cross_entropy_backward(logits, targets, lse, ignore_index, scale)
 
+def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
+    return _impl().adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t)
+
 
 matmul.gemm = gemm

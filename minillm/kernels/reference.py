@@ -3,6 +3,8 @@
 Every function works over the last axis, takes and returns ndarrays, and never produces NaN or
 -inf for finite input: a row whose mask keeps nothing gives zeros.
 """
+import math
+
 import numpy as np
 
 from . import checks
@@ -141,3 +143,15 @@ def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
     g[np.arange(len(targets)), np.where(keep, targets, 0)] -= 1
     g *= np.where(keep, scale, 0).astype(logits.dtype)[:, None]
     return g
+
+
+def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
+    """AdamW (PyTorch's update) in place at step t >= 1; weight_decay 0 leaves p undecayed."""
+    b1, b2 = betas
+    if weight_decay:
+        p *= 1.0 - lr * weight_decay
+    m *= b1
+    m += (1.0 - b1) * g
+    v *= b2
+    v += (1.0 - b2) * (g * g)
+    p -= lr / (1.0 - b1 ** t) * (m / (np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + eps))
