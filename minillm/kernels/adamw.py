@@ -28,7 +28,9 @@ def _adamw(p, g, m, v, decay, b1, b2, step, root2, eps):
     step, root2, eps = f(step), f(root2), f(eps)
     n = p.size
     for c in prange((n + CHUNK - 1) // CHUNK):
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
+        start = c * CHUNK
+        for j in range(min(CHUNK, n - start)):   # from 0: a loop from `start` would stay scalar
+            i = start + j
             gi = g[i]
             mi = m[i] * b1 + gi * c1
             vi = v[i] * b2 + gi * gi * c2
