@@ -79,11 +79,13 @@ def _tile(typingctx, a, bp, c, add):
         def vector(ptr):
             return builder.bitcast(ptr, vty.as_pointer())
 
-        # accumulators: stack slots that LLVM promotes to registers (mem2reg), starting at 0 or c
-        add = context.cast(builder, args[3], sig.args[3], types.boolean)
-        acc = [[cgutils.alloca_once_value(builder, builder.select(
-                    add, builder.load(vector(at(C, r, v * lanes)), align=size), ir.Constant(vty, None)))
-                for v in range(NV)] for r in range(MR)]
+        # accumulators: stack slots that LLVM promotes to registers (mem2reg), starting at 0 or
+        # at c (a branch, not a select: c is not read at all when add is false)
+        acc = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for v in range(NV)] for r in range(MR)]
+        with builder.if_then(context.cast(builder, args[3], sig.args[3], types.boolean)):
+            for r in range(MR):
+                for v in range(NV):
+                    builder.store(builder.load(vector(at(C, r, v * lanes)), align=size), acc[r][v])
         with cgutils.for_range(builder, cgutils.unpack_tuple(builder, B.shape)[0]) as loop:
             k = loop.index
             b = [builder.load(vector(at(B, k, v * lanes)), align=size) for v in range(NV)]
@@ -156,27 +158,28 @@ def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
         for k0 in range(0, K, KC):
             k1 = min(K, k0 + KC)
             _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], nr)
+            a_p, c_p, kk = a[ia[p], :, k0:k1], c[p], k1 - k0     # views made once, not per tile
             for rb in range(t % row_blocks, t % row_blocks + run - t):
                 r0, r1 = rb * rows, min(M, rb * rows + rows)
                 if not in_place:
-                    _pack(a[ia[p], r0:r1, k0:k1], ap[:(r1 - r0 + MR - 1) // MR, :k1 - k0], MR)
+                    _pack(a_p[r0:r1], ap[:(r1 - r0 + MR - 1) // MR, :kk], MR)
                 elif r1 == M and M % MR:
-                    edge[:M % MR, :k1 - k0] = a[ia[p], M - M % MR:, k0:k1]
+                    edge[:M % MR, :kk] = a_p[M - M % MR:]
                 for j in range(nb):
-                    j0 = c0 + j * nr
+                    j0, b_j = c0 + j * nr, bp[j, :kk]
                     for i0 in range(r0, r1, MR):
                         if not in_place:
-                            ai = ap[(i0 - r0) // MR, :k1 - k0].T
+                            ai = ap[(i0 - r0) // MR, :kk].T
                         elif i0 + MR <= M:
-                            ai = a[ia[p], i0:i0 + MR, k0:k1]
+                            ai = a_p[i0:i0 + MR]
                         else:
-                            ai = edge[:, :k1 - k0]
+                            ai = edge[:, :kk]
                         whole = i0 + MR <= M and j0 + nr <= N   # a whole tile goes straight into C
-                        _tile(ai, bp[j, :k1 - k0], c[p, i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0)
+                        _tile(ai, b_j, c_p[i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0)
                         if not whole:                           # an edge goes via ct
                             for r in range(min(MR, M - i0)):
                                 for q in range(min(nr, N - j0)):
-                                    c[p, i0 + r, j0 + q] = ct[r, q] + (c[p, i0 + r, j0 + q] if k0 > 0 else 0)
+                                    c_p[i0 + r, j0 + q] = ct[r, q] + (c_p[i0 + r, j0 + q] if k0 > 0 else 0)
         t = run
 
 
