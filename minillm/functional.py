@@ -113,25 +113,6 @@ def linear(x, weight, bias=None):
     return Tensor._op(y.reshape(x.shape[:-1] + (d_out,)), parents, vjp)
 
 
-def _heads(a, n_heads, scale=None):
-    """(B, n, D) -> (B, H, n, D/H), times `scale` if given, as a new C-order array (BLAS's
-    batched products want C order; a new array, so that scaling never touches `a`)."""
-    B, n, D = a.shape
-    view = a.reshape(B, n, n_heads, D // n_heads).transpose(0, 2, 1, 3)
-    out = np.empty(view.shape, a.dtype)
-    if scale is None:
-        out[...] = view
-    else:
-        np.multiply(view, scale, out=out)
-    return out
-
-
-def _merge(a):
-    """(B, H, n, d) -> (B, n, H*d), the inverse of `_heads`."""
-    B, H, n, d = a.shape
-    return a.transpose(0, 2, 1, 3).reshape(B, n, H * d)
-
-
 def attention(q, k, v, n_heads, mask=None, dropout=0.0, rng=None):
     """Multi-head scaled dot-product attention, softmax(q k^T / sqrt(d_head)) v, as one op.
 
@@ -142,11 +123,11 @@ def attention(q, k, v, n_heads, mask=None, dropout=0.0, rng=None):
     (B, H, T, S) after masking and before dropout)`` (an ndarray, for attention probes).
 
     Why one op: as a chain of engine ops, attention makes ~15 graph nodes, copies every
-    operand to and from head layout twice, and keeps the raw scores, scaled queries and
-    head copies alive until the backward. Here the heads are split once, the scale is folded
-    into q's copy, and only q, k, v (head layout) and the probabilities P are kept. The
-    backward, with Q already scaled by c = 1/sqrt(d_head) and dY the output gradient:
-        dV = P^T dY,   dP = dY V^T,   dS = P * (dP - rowsum(P * dP)),   dQ = c dS K,   dK = dS^T Q
+    operand to and from head layout, and keeps the raw scores and head copies alive until
+    the backward. Here the kernels (`kernels.attention_forward` / `_backward`, fused per head
+    on the Numba backend) keep only q, k, v and the probabilities P. With c = 1/sqrt(d_head)
+    and dY the output gradient, the backward is
+        dV = P^T dY,   dP = dY V^T,   dS = c P * (dP - rowsum(P * dP)),   dQ = dS K,   dK = dS^T Q
     """
     q, k, v = _t(q), _t(k), _t(v)
     if q.ndim != 3 or k.ndim != 3 or k.shape != v.shape or q.shape[::2] != k.shape[::2]:
@@ -155,27 +136,16 @@ def attention(q, k, v, n_heads, mask=None, dropout=0.0, rng=None):
         raise ValueError(f"attention: D ({q.shape[-1]}) must be divisible by n_heads ({n_heads})")
     (B, T, D), S = q.shape, k.shape[1]
     mask = _check_mask("attention", mask, (B, n_heads, T, S))
-    c = q.dtype.type(1 / np.sqrt(D // n_heads))
-    qh = _heads(q.data, n_heads, scale=c)
-    kh, vh = _heads(k.data, n_heads), _heads(v.data, n_heads)
-    p = K.softmax(K.matmul(qh, kh.swapaxes(-1, -2)), mask)
     keep = None
     if dropout > 0:
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        keep = ((rng.random(p.shape) >= dropout) / (1 - dropout)).astype(p.dtype)
-    pd = p if keep is None else p * keep
+        keep = ((rng.random((B, n_heads, T, S)) >= dropout) / (1 - dropout)).astype(q.dtype)
+    y, p = K.attention_forward(q.data, k.data, v.data, n_heads, mask, keep)
 
     def vjp(g):
-        gh = _heads(g, n_heads)
-        dp = K.matmul(gh, vh.swapaxes(-1, -2))
-        if keep is not None:
-            dp *= keep
-        ds = K.softmax_backward(p, dp, out=dp)   # dp is ours: overwrite it
-        dq = K.matmul(ds, kh)
-        dq *= c
-        return _merge(dq), _merge(K.matmul(ds.swapaxes(-1, -2), qh)), _merge(K.matmul(pd.swapaxes(-1, -2), gh))
+        return K.attention_backward(q.data, k.data, v.data, n_heads, p, g, keep)
 
-    return Tensor._op(_merge(K.matmul(pd, vh)), (q, k, v), vjp), p
+    return Tensor._op(y, (q, k, v), vjp), p
 
 
 def embedding(ids, weight):

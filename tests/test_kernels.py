@@ -80,6 +80,49 @@ def test_gemm_tiles_exactly_on_integers():
     assert np.array_equal(F.gemm(a.astype(np.float64), bt), a @ bt)
 
 
+# ---------------------------------------------------------------- attention
+
+@st.composite
+def attention_case(draw):
+    B, T, S = draw(st.integers(1, 3)), draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    H, d = draw(st.integers(1, 3)), draw(st.sampled_from([1, 4, 8, 33]))
+    kind = draw(st.sampled_from(["none", "causal", "random", "per-example"]))
+    return B, T, S, H, d, kind, draw(st.booleans())
+
+
+@given(attention_case(), DTYPES, seeds)
+def test_attention_equals_numpy(case, dtype, seed):
+    B, T, S, H, d, kind, dropout = case
+    rng = np.random.default_rng(seed)
+    D = H * d
+    # q, k, v as column blocks of one wider array, as a fused qkv projection makes them
+    qkv = rng.standard_normal((B, max(T, S), 3 * D)).astype(dtype)
+    q, k, v = qkv[:, :T, :D], qkv[:, :S, D:2 * D], qkv[:, :S, 2 * D:]
+    mask = {"none": None, "causal": np.tri(T, S, S - T, dtype=bool),
+            "random": rng.random((T, S)) < 0.7, "per-example": rng.random((B, 1, T, S)) < 0.5}[kind]
+    keep = ((rng.random((B, H, T, S)) >= 0.25) / 0.75).astype(dtype) if dropout else None
+    gy = rng.standard_normal((B, T, D)).astype(dtype)
+    y, p = F.attention_forward(q, k, v, H, mask, keep)
+    ry, rp = R.attention_forward(q, k, v, H, mask, keep)
+    close(p, rp, scale=1)
+    close(y, ry, scale=1 + np.abs(v).max() * S)
+    grads = F.attention_backward(q, k, v, H, p, gy, keep)
+    want = R.attention_backward(q, k, v, H, rp, gy, keep)
+    big = 1 + np.abs(qkv).max() ** 2 * np.abs(gy).max() * S * d
+    for got, ref in zip(grads, want):
+        close(got, ref, scale=big)
+
+
+def test_attention_bad_input_is_a_clear_error():
+    x = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        F.attention_forward(x, x, x, 3)
+    with pytest.raises(ValueError, match=r"attention.*\(2, 3, 4\).*\(2, 5, 4\)"):
+        F.attention_forward(x, np.ones((2, 5, 4)), x, 2)
+    with pytest.raises(ValueError, match="mask of shape"):
+        F.attention_forward(x, x, x, 2, np.ones((4, 4), bool))
+
+
 # ---------------------------------------------------------------- AdamW
 
 @given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=40), DTYPES, layouts,

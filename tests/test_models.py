@@ -300,18 +300,27 @@ def test_parameter_counts_from_first_principles():
 
 
 def count_matmul_flops(monkeypatch, fn):
+    """Multiply-add FLOPs of every product a forward pass does: kernels.matmul, and the two
+    products per head inside kernels.attention_forward (q k^T and P v)."""
     total = [0]
-    real = kernels.matmul
+    real, real_attention = kernels.matmul, kernels.attention_forward
 
     def counting(a, b):
         out = real(a, b)
         total[0] += 2 * out.size * a.shape[-1]
         return out
 
+    def counting_attention(q, k, v, n_heads, mask=None, keep=None):
+        y, p = real_attention(q, k, v, n_heads, mask, keep)
+        total[0] += 2 * 2 * p.size * (q.shape[-1] // n_heads)
+        return y, p
+
     monkeypatch.setattr(kernels, "matmul", counting)
+    monkeypatch.setattr(kernels, "attention_forward", counting_attention)
     with no_grad():
         fn()
     monkeypatch.setattr(kernels, "matmul", real)
+    monkeypatch.setattr(kernels, "attention_forward", real_attention)
     return total[0]
 
 

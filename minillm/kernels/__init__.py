@@ -80,6 +80,14 @@ def cross_entropy(logits, targets, ignore_index): return _impl().cross_entropy(l
 def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
     return _impl().cross_entropy_backward(logits, targets, lse, ignore_index, scale)
 
+def attention_forward(q, k, v, n_heads, mask=None, keep=None):
+    return _impl().attention_forward(q, k, v, n_heads, mask, keep)
+
+
+def attention_backward(q, k, v, n_heads, p, gy, keep=None):
+    return _impl().attention_backward(q, k, v, n_heads, p, gy, keep)
+
+
 def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
     return _impl().adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t)
 

@@ -120,13 +120,14 @@ def _pack(x, out, W):
 
 
 def _signatures(scalars):
-    """_work's types, per dtype: A, B and the batch indices of any layout, read-only (so
-    one compiled copy serves transposed views, contiguous and read-only arrays alike; each
-    copy takes seconds to compile)."""
+    """_work's types, per dtype: A, B, C and the batch indices of any layout (A and B
+    read-only), so one compiled copy serves transposed views, contiguous and read-only
+    arrays and, in attention.py, one head's columns of a (B, T, D) array alike; each copy
+    takes seconds to compile."""
     out = []
     for dt in (types.float32, types.float64):
         any3, index = types.Array(dt, 3, "A", readonly=True), types.Array(types.intp, 1, "A", readonly=True)
-        out.append(types.none(any3, any3, types.Array(dt, 3, "C"), index, index, *(types.intp,) * scalars))
+        out.append(types.none(any3, any3, types.Array(dt, 3, "A"), index, index, *(types.intp,) * scalars))
     return out
 
 

@@ -155,3 +155,30 @@ def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
     v *= b2
     v += (1.0 - b2) * (g * g)
     p -= lr / (1.0 - b1 ** t) * (m / (np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + eps))
+
+
+def _heads(a, n_heads):
+    B, n, D = a.shape
+    return a.reshape(B, n, n_heads, D // n_heads).transpose(0, 2, 1, 3)
+
+
+def _merge(a):
+    B, H, n, d = a.shape
+    return a.transpose(0, 2, 1, 3).reshape(B, n, H * d)
+
+
+def attention_forward(q, k, v, n_heads, mask=None, keep=None):
+    """(Y, P) of multi-head attention: P = softmax(q k^T / sqrt(d), mask) per head, Y = (P * keep) v."""
+    c = 1 / np.sqrt(q.shape[-1] // n_heads)
+    p = softmax(_heads(q, n_heads) @ _heads(k, n_heads).swapaxes(-1, -2) * q.dtype.type(c), mask)
+    return _merge((p if keep is None else p * keep) @ _heads(v, n_heads)), p
+
+
+def attention_backward(q, k, v, n_heads, p, gy, keep=None):
+    """(dQ, dK, dV) of `attention_forward` for the output gradient gy."""
+    c = q.dtype.type(1 / np.sqrt(q.shape[-1] // n_heads))
+    qh, kh, vh, gh = (_heads(a, n_heads) for a in (q, k, v, gy))
+    dp = gh @ vh.swapaxes(-1, -2)
+    ds = softmax_backward(p, dp if keep is None else dp * keep) * c
+    pd = p if keep is None else p * keep
+    return _merge(ds @ kh), _merge(ds.swapaxes(-1, -2) @ qh), _merge(pd.swapaxes(-1, -2) @ gh)

@@ -1,0 +1,158 @@
+"""Multi-head attention fused per head: scores, mask, softmax and the weighted sum.
+
+q (B, T, D), k and v (B, S, D) hold n_heads heads of d = D / n_heads columns each. Head h
+of batch row b is the column block h*d:(h+1)*d of each, a (T, d) view with contiguous rows,
+which `gemm`'s tile reads in place: no head is copied out and no output copied back.
+For each (b, h), on all threads (`prange` over the B * H heads):
+
+    forward    P = softmax(c q k^T, mask)        into P[b, h], then, while it is in cache,
+               Y = P' v                          into Y's columns of head h
+    backward   dP = dY v^T, dS = c P * (dP - rowsum(P * dP))   in a per-head scratch
+               dQ = dS k,   dK = dS^T q,   dV = P'^T dY        into their columns of head h
+
+with c = 1 / sqrt(d), and P' = P * keep under dropout (keep: 0 or 1 / (1 - rate)); P
+(before dropout) is returned for the backward and for attention probes. The scores of one
+head (T x S values) stay in L2 between the product and the softmax, where the unfused
+version writes all B * H score matrices to memory and reads them back.
+The NumPy twin (reference.py) does the same with batched products.
+"""
+import numpy as np
+from numba import prange
+
+from . import checks
+from .gemm import MR, _blocks, _work, panel_width
+from .softmax_fused import _row_exp, _row_max
+from .threads import jit
+
+
+@jit()
+def _softmax_rows(s, rows, idx, r0, c):
+    """s = softmax(c s) in place, row i keeping rows[idx[r0 + i]]; an empty row gives zeros.
+    The exponentials go to a scratch row first: with input and output the same array, LLVM's
+    overlap check fails at run time and the loop runs scalar (5x slower)."""
+    e = np.empty(s.shape[1], s.dtype)
+    for i in range(s.shape[0]):
+        sr, keep = s[i], rows[idx[r0 + i]]
+        for j in range(sr.size):
+            sr[j] *= c
+        m = _row_max(sr, keep, sr.size)
+        if m == -np.inf:
+            sr[:] = 0
+            continue
+        inv = s.dtype.type(1) / _row_exp(sr, keep, sr.size, m, e)
+        for j in range(sr.size):
+            sr[j] = e[j] * inv
+
+
+@jit()
+def _softmax_backward_rows(p, dp, c):
+    """dp = c p * (dp - rowsum(p * dp)) in place."""
+    for i in range(p.shape[0]):
+        pr, g = p[i], dp[i]
+        t = p.dtype.type(0)
+        for j in range(pr.size):
+            t += pr[j] * g[j]
+        for j in range(pr.size):
+            g[j] = c * pr[j] * (g[j] - t)
+
+
+@jit(parallel=True)
+def _forward(q, k, v, H, rows, idx, keep, dropout, c, blocks, y, p):
+    B, T, D = q.shape
+    S, d = k.shape[1], D // H
+    zero = np.zeros(1, np.intp)
+    for bh in prange(B * H):
+        b, h = bh // H, bh % H
+        cols = slice(h * d, h * d + d)
+        ph = p[b, h:h + 1]
+        _work(q[b:b + 1, :, cols], k[b:b + 1, :, cols], ph, zero, zero, blocks[0], blocks[1], 0, blocks[2])
+        _softmax_rows(p[b, h], rows, idx, bh * T, c)
+        if dropout:
+            ph = ph * keep[b, h:h + 1]
+        _work(ph, v[b:b + 1, :, cols].transpose(0, 2, 1), y[b:b + 1, :, cols], zero, zero,
+              blocks[3], blocks[4], 0, blocks[5])
+
+
+@jit(parallel=True)
+def _backward(q, k, v, H, p, keep, dropout, c, gy, blocks, dq, dk, dv):
+    B, T, D = q.shape
+    S, d = k.shape[1], D // H
+    zero = np.zeros(1, np.intp)
+    for bh in prange(B * H):
+        b, h = bh // H, bh % H
+        cols = slice(h * d, h * d + d)
+        g = gy[b:b + 1, :, cols]
+        ph = p[b, h:h + 1]
+        ds = np.empty((1, T, S), p.dtype)
+        _work(g, v[b:b + 1, :, cols], ds, zero, zero, blocks[0], blocks[1], 0, blocks[2])      # dP = dY v^T
+        if dropout:
+            ds *= keep[b, h:h + 1]
+            ph = ph * keep[b, h:h + 1]
+        _softmax_backward_rows(p[b, h], ds[0], c)                                              # dS
+        _work(ds, k[b:b + 1, :, cols].transpose(0, 2, 1), dq[b:b + 1, :, cols], zero, zero,
+              blocks[3], blocks[4], 0, blocks[5])                                              # dQ = dS k
+        _work(ds.transpose(0, 2, 1), q[b:b + 1, :, cols].transpose(0, 2, 1), dk[b:b + 1, :, cols], zero, zero,
+              blocks[6], blocks[7], 0, blocks[8])                                              # dK = dS^T q
+        _work(ph.transpose(0, 2, 1), g.transpose(0, 2, 1), dv[b:b + 1, :, cols], zero, zero,
+              blocks[6], blocks[7], 0, blocks[8])                                              # dV = P'^T dY
+
+
+def _plan(M, N, dtype):
+    """(rows, cols, tasks) of one head's (M, N) product, run on one thread."""
+    rows, cols = _blocks(1, M, N, panel_width(dtype), 1)
+    return [rows, cols, -(-M // rows) * -(-N // cols)]
+
+
+def _check(q, k, v, n_heads):
+    q, k, v = checks.floats("attention", q=q, k=k, v=v)
+    if q.ndim != 3 or k.ndim != 3 or k.shape != v.shape or q.shape[::2] != k.shape[::2]:
+        raise ValueError(f"attention: need q (B, T, D) and k, v (B, S, D), got {q.shape}, {k.shape}, {v.shape}")
+    if n_heads < 1 or q.shape[-1] % n_heads:
+        raise ValueError(f"attention: D ({q.shape[-1]}) must be divisible by n_heads ({n_heads})")
+    return q, k, v
+
+
+def _keep(keep, shape, dtype):
+    if keep is None:
+        return np.zeros((1, 1, 1, 1), dtype), False
+    checks.same_shape("attention", keep=keep, scores=np.empty(shape, bool))
+    return np.ascontiguousarray(keep, dtype=dtype), True
+
+
+def attention_forward(q, k, v, n_heads, mask=None, keep=None):
+    """(Y (B, T, D), P (B, H, T, S)): see the module docstring. `mask`: bool, broadcastable to
+    (B, H, T, S), True = keep; `keep`: the dropout multipliers (B, H, T, S) or None."""
+    q, k, v = _check(q, k, v, n_heads)
+    (B, T, D), S = q.shape, k.shape[1]
+    shape = (B, n_heads, T, S)
+    rows, idx = checks.mask_rows("attention", mask, shape)
+    if rows is None:
+        rows, idx = np.ones((1, S), bool), np.zeros(B * n_heads * T, np.intp)
+    keep, dropout = _keep(keep, shape, q.dtype)
+    y, p = np.empty(q.shape, q.dtype), np.empty(shape, q.dtype)
+    d = D // n_heads
+    if y.size and S:
+        blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype), np.intp)
+        _forward(q, k, v, n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), blocks, y, p)
+    elif y.size:
+        y[...] = 0
+    return y, p
+
+
+def attention_backward(q, k, v, n_heads, p, gy, keep=None):
+    """(dQ, dK, dV) for the output gradient gy (B, T, D), given P from attention_forward."""
+    q, k, v = _check(q, k, v, n_heads)
+    (B, T, D), S = q.shape, k.shape[1]
+    checks.same_shape("attention_backward", gy=gy, q=q)
+    checks.same_shape("attention_backward", p=p, scores=np.empty((B, n_heads, T, S), bool))
+    keep, dropout = _keep(keep, p.shape, q.dtype)
+    gy = np.asarray(gy, q.dtype)
+    dq, dk, dv = np.empty(q.shape, q.dtype), np.empty(k.shape, q.dtype), np.empty(v.shape, q.dtype)
+    d = D // n_heads
+    if q.size and S:
+        blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype) + _plan(S, d, q.dtype), np.intp)
+        _backward(q, k, v, n_heads, np.asarray(p, q.dtype), keep, dropout, q.dtype.type(1 / np.sqrt(d)), gy, blocks,
+                  dq, dk, dv)
+    else:
+        dq[...], dk[...], dv[...] = 0, 0, 0
+    return dq, dk, dv
