@@ -101,13 +101,13 @@ def linear(x, weight, bias=None):
     x2 = x.data.reshape(-1, d_in)
     y = K.matmul(x2, w.data)
     if b is not None:
-        y = np.add(y, b.data, out=y) if np.result_type(y, b.data) == y.dtype else y + b.data
+        y = K.add_bias(y, b.data) if np.result_type(y, b.data) == y.dtype else y + b.data
 
     def vjp(g):
         g2 = g.reshape(-1, d_out)
         dx = K.matmul(g2, w.data.T).reshape(x.shape) if x.requires_grad else None
         dw = K.matmul(x2.T, g2) if w.requires_grad else None
-        return (dx, dw) + (() if b is None else (g2.sum(axis=0),))
+        return (dx, dw) + (() if b is None else (K.sum_rows(g2),))
 
     parents = (x, w) + (() if b is None else (b,))
     return Tensor._op(y.reshape(x.shape[:-1] + (d_out,)), parents, vjp)

@@ -123,6 +123,20 @@ def test_attention_bad_input_is_a_clear_error():
         F.attention_forward(x, x, x, 2, np.ones((4, 4), bool))
 
 
+# ---------------------------------------------------------------- bias
+
+@given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=150), DTYPES, layouts, seeds)
+def test_bias_add_and_row_sums_equal_numpy(shape, dtype, layout, seed):
+    rng = np.random.default_rng(seed)
+    g = sample(rng, shape, dtype, layout)          # sum_rows takes any layout
+    close(F.sum_rows(g), R.sum_rows(np.ascontiguousarray(g)), scale=1 + np.abs(g).sum(axis=tuple(range(g.ndim - 1))))
+    y, b = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape[-1:]).astype(dtype)
+    want = R.add_bias(y.copy(), b)
+    got = y.copy()
+    assert F.add_bias(got, b) is got
+    np.testing.assert_array_equal(got, want)       # one rounding per element either way
+
+
 # ---------------------------------------------------------------- AdamW
 
 @given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=40), DTYPES, layouts,
@@ -302,6 +316,9 @@ def test_mixed_dtypes_promote_like_numpy():
                             1e-8, 0.0, 1), ValueError, ["adamw_update", "p", "C-contiguous"]),
     (lambda: F.adamw_update(np.ones(3), np.ones(4), np.ones(3), np.ones(3), 0.1, (0.9, 0.9), 1e-8, 0.0, 1),
      ValueError, ["adamw_update", "(3,)", "(4,)"]),
+    (lambda: F.add_bias(np.ones((2, 3)), np.ones(2)), ValueError, ["add_bias", "(3,)", "(2,)"]),
+    (lambda: F.add_bias(np.ones((3, 2)).T, np.ones(3)), ValueError, ["add_bias", "C-contiguous"]),
+    (lambda: F.sum_rows(np.ones((2, 3), int)), TypeError, ["sum_rows", "int"]),
     (lambda: F.softmax(np.ones((2, 4)), out=np.ones((4, 2)).T), ValueError, ["softmax", "out", "C-contiguous"]),
     (lambda: F.gelu_backward(np.ones(3), np.ones(4)), ValueError, ["gelu_backward", "(3,)", "(4,)"]),
     (lambda: F.layer_norm(np.ones((2, 3)), np.ones(4), None, 1e-5), ValueError, ["layer_norm", "weight", "(4,)"]),

@@ -88,6 +88,10 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
     return _impl().attention_backward(q, k, v, n_heads, p, gy, keep)
 
 
+def add_bias(y, b): return _impl().add_bias(y, b)
+def sum_rows(g): return _impl().sum_rows(g)
+
+
 def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
     return _impl().adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t)
 

@@ -182,3 +182,14 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
     ds = softmax_backward(p, dp if keep is None else dp * keep) * c
     pd = p if keep is None else p * keep
     return _merge(ds @ kh), _merge(ds.swapaxes(-1, -2) @ qh), _merge(pd.swapaxes(-1, -2) @ gh)
+
+
+def add_bias(y, b):
+    """y += b over the last axis, in place."""
+    y += b
+    return y
+
+
+def sum_rows(g):
+    """g summed over every axis but the last."""
+    return g.sum(axis=tuple(range(g.ndim - 1)))

@@ -1,0 +1,62 @@
+"""A bias added to every row, and its gradient, the sum over rows: the two halves of a
+linear layer's bias, on all threads (NumPy runs both on one).
+
+`add_bias(y, b)` adds b (N,) to each row of y (..., N) in place. `sum_rows(g)` sums g
+(..., N) over all leading axes: each thread sums a block of rows into its own partial sum,
+in float64, and the partials are added at the end (no two threads write the same value).
+"""
+import numpy as np
+from numba import prange
+
+from . import checks
+from .threads import jit
+
+BLOCK = 64   # rows per task
+
+
+@jit(parallel=True)
+def _add_bias(y, b):
+    for r in prange(y.shape[0]):
+        yr = y[r]
+        for j in range(yr.size):
+            yr[j] += b[j]
+
+
+@jit(parallel=True)
+def _sum_rows(g, out):
+    R, N = g.shape
+    tasks = (R + BLOCK - 1) // BLOCK
+    parts = np.zeros((tasks, N))
+    for t in prange(tasks):
+        acc = parts[t]
+        for i in range(min(BLOCK, R - t * BLOCK)):
+            gr = g[t * BLOCK + i]
+            for j in range(N):
+                acc[j] += gr[j]
+    for j in range(N):
+        s = 0.0
+        for t in range(tasks):
+            s += parts[t, j]
+        out[j] = s
+
+
+def add_bias(y, b):
+    """y += b over the last axis, in place; returns y (a C-contiguous float array)."""
+    if not (isinstance(y, np.ndarray) and y.flags.c_contiguous and y.flags.writeable and y.dtype in checks.FLOATS):
+        raise ValueError(f"add_bias: y must be a writeable C-contiguous float32/float64 array, got "
+                         f"{type(y).__name__} {getattr(y, 'dtype', '')}")
+    if np.shape(b) != y.shape[-1:]:
+        raise ValueError(f"add_bias: b must have shape {y.shape[-1:]}, got {np.shape(b)}")
+    if y.size:
+        _add_bias(y.reshape(-1, y.shape[-1]), np.asarray(b, y.dtype))
+    return y
+
+
+def sum_rows(g):
+    """g summed over every axis but the last: shape (N,), g's dtype."""
+    checks.at_least_1d("sum_rows", "g", g)
+    (g,) = checks.floats("sum_rows", g=g)
+    out = np.zeros(g.shape[-1], g.dtype)
+    if g.size:
+        _sum_rows(checks.rows2d(g), out)
+    return out
