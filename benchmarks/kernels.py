@@ -63,6 +63,11 @@ def kernel_table(F, R, rng):
     logits = rng.standard_normal((2048, 256)).astype(f32) * 4
     tg = rng.integers(0, 256, 2048)
     lse = R.cross_entropy(logits, tg, -100)[1]
+    qkv = rng.standard_normal((16, 128, 384)).astype(f32)   # q, k, v: column blocks, as a fused projection gives
+    q, k, v = qkv[..., :128], qkv[..., 128:256], qkv[..., 256:]
+    p, gy = R.attention_forward(q, k, v, 4, tril)[1], rng.standard_normal((16, 128, 128)).astype(f32)
+    y2, bias = rng.standard_normal((2048, 512)).astype(f32), rng.standard_normal(512).astype(f32)
+    adam = [rng.standard_normal(1 << 20).astype(f32) for _ in range(2)] + [np.zeros(1 << 20, f32) for _ in range(2)]
     cases = [
         ("softmax (8,4,128,128)", lambda: F.softmax(att), lambda: R.softmax(att)),
         ("softmax masked (8,4,128,128)", lambda: F.softmax(att, tril), lambda: R.softmax(att, tril)),
@@ -84,6 +89,14 @@ def kernel_table(F, R, rng):
          lambda: R.cross_entropy(logits, tg, -100)),
         ("cross_entropy_backward (2048,256)", lambda: F.cross_entropy_backward(logits, tg, lse, -100, 1e-3),
          lambda: R.cross_entropy_backward(logits, tg, lse, -100, 1e-3)),
+        ("attention fwd (16,128,3x128) 4 heads", lambda: F.attention_forward(q, k, v, 4, tril),
+         lambda: R.attention_forward(q, k, v, 4, tril)),
+        ("attention backward, same", lambda: F.attention_backward(q, k, v, 4, p, gy),
+         lambda: R.attention_backward(q, k, v, 4, p, gy)),
+        ("add_bias (2048,512) in place", lambda: F.add_bias(y2, bias), lambda: R.add_bias(y2, bias)),
+        ("sum_rows (2048,512)", lambda: F.sum_rows(y2), lambda: R.sum_rows(y2)),
+        ("adamw_update 1M parameters", lambda: F.adamw_update(*adam, 1e-3, (0.9, 0.95), 1e-8, 0.1, 5),
+         lambda: R.adamw_update(*adam, 1e-3, (0.9, 0.95), 1e-8, 0.1, 5)),
     ]
     print(f"{'kernel float32':38s} {'numba ms':>9s} {'numpy ms':>9s} {'x':>8s}")
     for name, fast, ref in cases:
@@ -136,6 +149,12 @@ def startup_child():
         _, lse = F.cross_entropy(x[0], np.zeros(3, int), -100)
         F.cross_entropy_backward(x[0], np.zeros(3, int), lse, -100, 1.0)
         K.matmul(x, x.swapaxes(-1, -2))
+        F.gemm(np.ones((2, 128, 128), dt), np.ones((128, 128), dt))   # large enough for the threaded path
+        _, p = F.attention_forward(x, x, x, 2)
+        F.attention_backward(x, x, x, 2, p, x)
+        F.add_bias(x.copy(), x[0, 0])
+        F.sum_rows(x)
+        F.adamw_update(x.copy(), x, x.copy(), x.copy() ** 2, 1e-3, (0.9, 0.99), 1e-8, 0.0, 1)
         times.append(time.perf_counter() - t1 - sum(times))
     print(f"import {t1 - t0:5.2f} s, first call of every kernel: float32 {times[0]:5.2f} s, then float64 {times[1]:5.2f} s")
 

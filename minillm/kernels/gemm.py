@@ -12,17 +12,26 @@ How a fast GEMM is built (read from the inside out):
    variables, LLVM vectorises along k instead and spills (~13 GFLOP/s); and its default tuning
    for this CPU family keeps auto-vectorised loops at 256-bit vectors. So `_tile` is a Numba
    intrinsic that writes those few LLVM vector instructions itself (~30 lines below).
-2. Packing (`_pack`) copies A into panels of MR rows and B into panels of NR columns, each
-   laid out k-major, so the tile reads both operands contiguously whatever the strides of A
-   and B (a transposed view costs nothing extra), and edges are padded with zeros so every
-   tile is a full tile. Packing costs O(MK + KN) against the product's O(MNK).
-3. `_gemm` walks K in slices of KC (one B panel slice, KC * NR values, stays in L1 while the
-   tile sweeps a group of A panels that stays in L2), adds each tile into C, and runs the
-   (batch, row group) tasks in parallel with `prange`. Broadcast batch dimensions are not
-   copied: `ia[p]`, `ib[p]` name the A and B matrices of output p.
+2. Packing (`_pack`) copies B into panels of NR columns laid out k-major, so the tile reads
+   each row of a panel with vector loads whatever B's strides (a transposed view costs
+   nothing extra); the last panel is padded with zeros so every tile is a full tile. A is
+   read in place when its rows are contiguous (the tile broadcasts single entries, so any
+   row stride will do); otherwise it is packed into panels of MR rows too. Packing costs
+   O(MK + KN) against the product's O(MNK).
+3. `_work` walks K in slices of KC: it packs the slice of a B block once (KC x NR values per
+   panel: one panel stays in L1 while the tile sweeps the rows of A, which stay in L2) and
+   multiplies every row block of its tasks by it, adding each tile into C (the first slice
+   writes C, the others add to it). Tasks are blocks of C, split evenly over the threads
+   (`_work_parallel`; blocks of rows, and of columns too when rows alone leave a thread
+   idle). Broadcast batch dimensions are not copied: `ia[p]`, `ib[p]` name the A and B
+   matrices of output p. A long, thin product (a weight gradient x^T dy, K = tokens in the
+   batch) is split along K instead, and the threads' partial products are added.
+4. `_work` is compiled once per dtype for arrays of any layout (explicit signatures), not
+   once per combination of layouts it meets: each copy takes seconds to compile.
 
 Measured against np.matmul (OpenBLAS) in `benchmarks/kernels.py`; the figures and the
-dispatch rule they justify are in `matmul` below.
+dispatch rule they justify are in `matmul` below. attention.py calls `_work` directly, one
+head at a time.
 """
 import math
 
@@ -270,13 +279,15 @@ def matmul(a, b):
     """a @ b, checked like `gemm`: by `gemm` from GEMM_MIN_WORK multiply-adds up, by np.matmul
     (OpenBLAS) below, where its lower fixed cost wins (~2 us against ~8-20 us at 128 x 128 x 32).
 
-    Measured on the build machine (benchmarks/kernels.py, float32, 1 thread), `gemm` reached
-    0.71-1.05x of OpenBLAS's throughput at 128-1024 square and on (2048, 256) @ (256, 1024)
-    and the other 2-D shapes of a transformer layer, and 0.6-0.8x on batched attention
-    shapes; at 2 threads it beat BLAS on attention shapes (BLAS runs a batch of small
-    products one at a time). Using one engine for every large product also keeps OpenBLAS's
-    threads, which spin for a while after each call, from competing with Numba's for the
-    cores: a training step ran faster with every product in `gemm` (benchmarks/train_step.py).
+    Measured on the build machine (benchmarks/kernels.py, float32, quiet machine,
+    2026-11-28), `gemm` reached 0.78-1.01x of OpenBLAS's throughput on one thread at 128-1024
+    square, (2048, 256) @ (256, 1024) and the other shapes of a transformer layer (113-170
+    GFLOP/s), and 0.56-0.85x on batched attention shapes; on two threads 0.84-1.48x, and
+    1.3-1.75x on attention shapes (OpenBLAS runs a batch of small products one at a time).
+    Using one engine for every large product also keeps OpenBLAS's threads, which spin for a
+    while after each call, from competing with Numba's for the cores (threads.py): the tiny
+    training step at 2 threads went from 108 ms (OpenBLAS products) to 89 ms (gemm), before
+    any other change (benchmarks/train_step.py).
 
     (..., K) @ (K, N) with a contiguous `a` is one (rows, K) @ (K, N) product, not a batch.
     """

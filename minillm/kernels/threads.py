@@ -20,9 +20,9 @@ The user can still choose the layer with NUMBA_THREADING_LAYER.
 Measured on the build machine (2 threads, `benchmarks/kernels.py --policy`: a step of 4
 products, GELU, LayerNorm and a causal softmax; 2026-11-28, quiet machine):
 
-    layer       products by OpenBLAS   products by gemm
-    workqueue   6.4 ms/step            3.8-5.2 ms/step
-    omp         22.0 ms/step           3.2 ms/step
+    layer       products by OpenBLAS   products by gemm      (three runs)
+    workqueue   6.1-6.4 ms/step        3.8-5.2 ms/step
+    omp         21.1-22.3 ms/step      3.2-3.4 ms/step
 
 OpenMP with BLAS products is the fight described above; OpenMP with gemm is the fastest.
 (An earlier policy, workqueue with BLAS products, was the best choice while the hand GEMM
