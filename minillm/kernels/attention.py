@@ -56,45 +56,59 @@ def _softmax_backward_rows(p, dp, c):
             g[j] = c * pr[j] * (g[j] - t)
 
 
+@jit()
+def _times(x, keep, out):
+    """out = x * keep, elementwise, for (T, S) arrays."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] * keep[i, j]
+
+
+# Inside the kernels every operand is a slice of an array passed in, never a transpose made
+# there: each np.transpose / ufunc instance used in compiled code is one more function for
+# Numba to compile (seconds in all), so the transposed views come from Python.
+
 @jit(parallel=True)
-def _forward(q, k, v, H, rows, idx, keep, dropout, c, blocks, y, p):
+def _forward(q, k, vT, H, rows, idx, keep, dropout, c, blocks, y, p, scratch):
     B, T, D = q.shape
-    S, d = k.shape[1], D // H
+    d = D // H
     zero = np.zeros(1, np.intp)
     for bh in prange(B * H):
         b, h = bh // H, bh % H
-        cols = slice(h * d, h * d + d)
+        lo, hi = h * d, h * d + d
         ph = p[b, h:h + 1]
-        _work(q[b:b + 1, :, cols], k[b:b + 1, :, cols], ph, zero, zero, blocks[0], blocks[1], 0, blocks[2])
+        _work(q[b:b + 1, :, lo:hi], k[b:b + 1, :, lo:hi], ph, zero, zero, blocks[0], blocks[1], 0, blocks[2])
         _softmax_rows(p[b, h], rows, idx, bh * T, c)
         if dropout:
-            ph = ph * keep[b, h:h + 1]
-        _work(ph, v[b:b + 1, :, cols].transpose(0, 2, 1), y[b:b + 1, :, cols], zero, zero,
-              blocks[3], blocks[4], 0, blocks[5])
+            _times(p[b, h], keep[b, h], scratch[bh])
+            ph = scratch[bh:bh + 1]
+        _work(ph, vT[b:b + 1, lo:hi], y[b:b + 1, :, lo:hi], zero, zero, blocks[3], blocks[4], 0, blocks[5])
 
 
 @jit(parallel=True)
-def _backward(q, k, v, H, p, keep, dropout, c, gy, blocks, dq, dk, dv):
+def _backward(q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, blocks, ds, dsT, dq, dk, dv):
     B, T, D = q.shape
-    S, d = k.shape[1], D // H
+    d = D // H
     zero = np.zeros(1, np.intp)
     for bh in prange(B * H):
         b, h = bh // H, bh % H
-        cols = slice(h * d, h * d + d)
-        g = gy[b:b + 1, :, cols]
-        ph = p[b, h:h + 1]
-        ds = np.empty((1, T, S), p.dtype)
-        _work(g, v[b:b + 1, :, cols], ds, zero, zero, blocks[0], blocks[1], 0, blocks[2])      # dP = dY v^T
+        lo, hi = h * d, h * d + d
+        g, dsh = gy[b:b + 1, :, lo:hi], ds[bh:bh + 1]
+        _work(g, v[b:b + 1, :, lo:hi], dsh, zero, zero, blocks[0], blocks[1], 0, blocks[2])   # dP = dY v^T
         if dropout:
-            ds *= keep[b, h:h + 1]
-            ph = ph * keep[b, h:h + 1]
-        _softmax_backward_rows(p[b, h], ds[0], c)                                              # dS
-        _work(ds, k[b:b + 1, :, cols].transpose(0, 2, 1), dq[b:b + 1, :, cols], zero, zero,
-              blocks[3], blocks[4], 0, blocks[5])                                              # dQ = dS k
-        _work(ds.transpose(0, 2, 1), q[b:b + 1, :, cols].transpose(0, 2, 1), dk[b:b + 1, :, cols], zero, zero,
-              blocks[6], blocks[7], 0, blocks[8])                                              # dK = dS^T q
-        _work(ph.transpose(0, 2, 1), g.transpose(0, 2, 1), dv[b:b + 1, :, cols], zero, zero,
-              blocks[6], blocks[7], 0, blocks[8])                                              # dV = P'^T dY
+            _times(ds[bh], keep[b, h], ds[bh])
+        _softmax_backward_rows(p[b, h], ds[bh], c)                                          # dS
+        _work(dsh, kT[b:b + 1, lo:hi], dq[b:b + 1, :, lo:hi], zero, zero,
+              blocks[3], blocks[4], 0, blocks[5])                                           # dQ = dS k
+        _work(dsT[bh:bh + 1], qT[b:b + 1, lo:hi], dk[b:b + 1, :, lo:hi], zero, zero,
+              blocks[6], blocks[7], 0, blocks[8])                                           # dK = dS^T q
+        if dropout:                                                                         # P' = P * keep
+            _times(p[b, h], keep[b, h], ds[bh])
+            _work(dsT[bh:bh + 1], gyT[b:b + 1, lo:hi], dv[b:b + 1, :, lo:hi], zero, zero,
+                  blocks[6], blocks[7], 0, blocks[8])                                       # dV = P'^T dY
+        else:
+            _work(pT[b, h:h + 1], gyT[b:b + 1, lo:hi], dv[b:b + 1, :, lo:hi], zero, zero,
+                  blocks[6], blocks[7], 0, blocks[8])
 
 
 def _plan(M, N, dtype):
@@ -133,7 +147,9 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
     d = D // n_heads
     if y.size and S:
         blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype), np.intp)
-        _forward(q, k, v, n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), blocks, y, p)
+        scratch = np.empty((B * n_heads, T, S) if dropout else (1, 1, 1), q.dtype)
+        _forward(q, k, v.transpose(0, 2, 1), n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), blocks,
+                 y, p, scratch)
     elif y.size:
         y[...] = 0
     return y, p
@@ -151,8 +167,11 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
     d = D // n_heads
     if q.size and S:
         blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype) + _plan(S, d, q.dtype), np.intp)
-        _backward(q, k, v, n_heads, np.asarray(p, q.dtype), keep, dropout, q.dtype.type(1 / np.sqrt(d)), gy, blocks,
-                  dq, dk, dv)
+        p = np.asarray(p, q.dtype)
+        ds = np.empty((B * n_heads, T, S), q.dtype)    # dP, then dS, of every head
+        t = (lambda a: a.transpose(0, 2, 1))
+        _backward(q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
+                  q.dtype.type(1 / np.sqrt(d)), gy, t(gy), blocks, ds, t(ds), dq, dk, dv)
     else:
         dq[...], dk[...], dv[...] = 0, 0, 0
     return dq, dk, dv
