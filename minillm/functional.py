@@ -88,7 +88,7 @@ def linear(x, weight, bias=None):
     Why one op and not `@` then `+`: np.matmul runs (B, T, d_in) @ (d_in, d_out) as B small
     products, the bias add allocates a second output, and both outputs stay alive in the
     graph until the backward. Here x is viewed as (B*T, d_in), so forward and backward are
-    each one BLAS product per operand, the bias is added in place, and one array is kept:
+    each one matrix product per operand, the bias is added in place, and one array is kept:
         dx = g W^T,   dW = x^T g,   db = sum of g over rows     (g viewed as (B*T, d_out)).
     """
     x, w = _t(x), _t(weight)

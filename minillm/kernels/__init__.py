@@ -9,7 +9,8 @@ one. The engine calls the names below, which dispatch to the backend in force:
 The Numba backend (`fast.py`) is imported on first use, so `MINILLM_KERNELS=numpy` never
 loads Numba. Threads: MINILLM_NUM_THREADS or `set_num_threads(n)` sets both Numba's and
 OpenBLAS's thread count (policy in `threads.py`). `gemm(a, b)` (also `matmul.gemm`) is the
-hand-written GEMM; `matmul` itself hands the product to BLAS, as measured in `gemm.py`.
+hand-written GEMM; `matmul` uses it for every product of at least 2^18 multiply-adds and
+OpenBLAS below (measured in `gemm.py`).
 Importing this package also sets the allocator policy of `memory.py` (freed arrays stay in
 the process, so a training step's arrays do not page-fault afresh every step).
 """
