@@ -17,12 +17,12 @@ version writes all B * H score matrices to memory and reads them back.
 The NumPy twin (reference.py) does the same with batched products.
 """
 import numpy as np
-from numba import prange
+from numba import prange, types
 
 from . import checks
 from .gemm import MR, _blocks, _work, panel_width
 from .softmax_fused import _row_exp, _row_max
-from .threads import jit
+from .threads import jit, specialise
 
 
 @jit()
@@ -111,6 +111,24 @@ def _backward(q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, blocks, ds, 
                   blocks[6], blocks[7], 0, blocks[8])
 
 
+def _signature(dtype, spec):
+    """Numba types for a compact spec: r3/w3 a read-only/writable 3-D array of `dtype` (any
+    layout), r4/w4 the same in 4-D, i an index, I a read-only index array, M the read-only
+    bool mask rows, b a bool, f a `dtype` scalar. One compiled copy per dtype serves every
+    layout of q, k, v (column blocks of a qkv projection, contiguous arrays, ...)."""
+    dt = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    arr = lambda n, ro: types.Array(dt, n, "A", readonly=ro)  # noqa: E731
+    table = {"r3": arr(3, True), "w3": arr(3, False), "r4": arr(4, True), "w4": arr(4, False), "i": types.intp,
+             "I": types.Array(types.intp, 1, "A", readonly=True), "M": types.Array(types.boolean, 2, "A", readonly=True),
+             "b": types.boolean, "f": dt}
+    return types.none(*(table[k] for k in spec.split()))
+
+
+FORWARD = "r3 r3 r3 i M I r4 b f I w3 w4 w3"               # q k vT H rows idx keep dropout c blocks y p scratch
+BACKWARD = "r3 r3 r3 r3 r3 i r4 r4 r4 b f r3 r3 I w3 r3 w3 w3 w3"
+# q qT k kT v H p pT keep dropout c gy gyT blocks ds dsT dq dk dv
+
+
 def _plan(M, N, dtype):
     """(rows, cols, tasks) of one head's (M, N) product, run on one thread."""
     rows, cols = _blocks(1, M, N, panel_width(dtype), 1)
@@ -148,8 +166,9 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
     if y.size and S:
         blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype), np.intp)
         scratch = np.empty((B * n_heads, T, S) if dropout else (1, 1, 1), q.dtype)
-        _forward(q, k, v.transpose(0, 2, 1), n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), blocks,
-                 y, p, scratch)
+        forward = specialise(_forward, _signature(q.dtype, FORWARD))
+        forward(q, k, v.transpose(0, 2, 1), n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), blocks,
+                y, p, scratch)
     elif y.size:
         y[...] = 0
     return y, p
@@ -170,8 +189,9 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
         p = np.asarray(p, q.dtype)
         ds = np.empty((B * n_heads, T, S), q.dtype)    # dP, then dS, of every head
         t = (lambda a: a.transpose(0, 2, 1))
-        _backward(q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
-                  q.dtype.type(1 / np.sqrt(d)), gy, t(gy), blocks, ds, t(ds), dq, dk, dv)
+        backward = specialise(_backward, _signature(q.dtype, BACKWARD))
+        backward(q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
+                 q.dtype.type(1 / np.sqrt(d)), gy, t(gy), blocks, ds, t(ds), dq, dk, dv)
     else:
         dq[...], dk[...], dv[...] = 0, 0, 0
     return dq, dk, dv

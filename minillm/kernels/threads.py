@@ -69,6 +69,21 @@ def jit(parallel=False, signatures=None):
     return wrap
 
 
+def specialise(fn, signature):
+    """Compile `fn` (a `jit` dispatcher) for `signature` if it has no such copy yet (the disk
+    cache serves it when it can), then stop it compiling others: a call whose argument
+    types convert to a compiled signature (any array layout to an "A" array, a writable
+    array to a read-only one) runs that copy. Arrays of a new layout thus cost nothing,
+    where each would otherwise compile another copy."""
+    if signature.args not in fn.overloads:
+        fn.disable_compile(False)
+        try:
+            fn.compile(signature)
+        finally:
+            fn.disable_compile(True)
+    return fn
+
+
 def _openblas_setter():
     """OpenBLAS's set_num_threads from the library NumPy loaded, or None if not found."""
     libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
