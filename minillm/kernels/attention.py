@@ -112,20 +112,22 @@ def _backward(q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, blocks, ds, 
 
 
 def _signature(dtype, spec):
-    """Numba types for a compact spec: r3/w3 a read-only/writable 3-D array of `dtype` (any
-    layout), r4/w4 the same in 4-D, i an index, I a read-only index array, M the read-only
-    bool mask rows, b a bool, f a `dtype` scalar. One compiled copy per dtype serves every
+    """Numba types for a compact spec: r3/w3 a read-only/writable 3-D array of `dtype` of any
+    layout, R4/W3/W4 C-contiguous ones (rows the softmax loops run along: with a stride known
+    to be 1 they vectorise), i an index, I read-only C index array, M the read-only C bool
+    mask rows, b a bool, f a `dtype` scalar. One compiled copy per dtype then serves every
     layout of q, k, v (column blocks of a qkv projection, contiguous arrays, ...)."""
     dt = types.float32 if np.dtype(dtype) == np.float32 else types.float64
-    arr = lambda n, ro: types.Array(dt, n, "A", readonly=ro)  # noqa: E731
-    table = {"r3": arr(3, True), "w3": arr(3, False), "r4": arr(4, True), "w4": arr(4, False), "i": types.intp,
-             "I": types.Array(types.intp, 1, "A", readonly=True), "M": types.Array(types.boolean, 2, "A", readonly=True),
+    arr = lambda n, layout, ro: types.Array(dt, n, layout, readonly=ro)  # noqa: E731
+    table = {"r3": arr(3, "A", True), "r4": arr(4, "A", True), "R4": arr(4, "C", True),
+             "W3": arr(3, "C", False), "W4": arr(4, "C", False), "i": types.intp,
+             "I": types.Array(types.intp, 1, "C", readonly=True), "M": types.Array(types.boolean, 2, "C", readonly=True),
              "b": types.boolean, "f": dt}
     return types.none(*(table[k] for k in spec.split()))
 
 
-FORWARD = "r3 r3 r3 i M I r4 b f I w3 w4 w3"               # q k vT H rows idx keep dropout c blocks y p scratch
-BACKWARD = "r3 r3 r3 r3 r3 i r4 r4 r4 b f r3 r3 I w3 r3 w3 w3 w3"
+FORWARD = "r3 r3 r3 i M I R4 b f I W3 W4 W3"               # q k vT H rows idx keep dropout c blocks y p scratch
+BACKWARD = "r3 r3 r3 r3 r3 i R4 r4 R4 b f r3 r3 I W3 r3 W3 W3 W3"
 # q qT k kT v H p pT keep dropout c gy gyT blocks ds dsT dq dk dv
 
 
@@ -186,7 +188,7 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
     d = D // n_heads
     if q.size and S:
         blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype) + _plan(S, d, q.dtype), np.intp)
-        p = np.asarray(p, q.dtype)
+        p = np.ascontiguousarray(p, q.dtype)
         ds = np.empty((B * n_heads, T, S), q.dtype)    # dP, then dS, of every head
         t = (lambda a: a.transpose(0, 2, 1))
         backward = specialise(_backward, _signature(q.dtype, BACKWARD))
