@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange, types
 
 from . import checks
-from .gemm import MR, _blocks, _work, panel_width
+from .gemm import _blocks, _work, compiled, panel_width
 from .softmax_fused import _row_exp, _row_max
 from .threads import jit, specialise
 
@@ -168,6 +168,7 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
     if y.size and S:
         blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype), np.intp)
         scratch = np.empty((B * n_heads, T, S) if dropout else (1, 1, 1), q.dtype)
+        compiled(q.dtype)   # the GEMM first: the kernel calls it
         forward = specialise(_forward, _signature(q.dtype, FORWARD))
         forward(q, k, v.transpose(0, 2, 1), n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), blocks,
                 y, p, scratch)
@@ -191,6 +192,7 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
         p = np.ascontiguousarray(p, q.dtype)
         ds = np.empty((B * n_heads, T, S), q.dtype)    # dP, then dS, of every head
         t = (lambda a: a.transpose(0, 2, 1))
+        compiled(q.dtype)
         backward = specialise(_backward, _signature(q.dtype, BACKWARD))
         backward(q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
                  q.dtype.type(1 / np.sqrt(d)), gy, t(gy), blocks, ds, t(ds), dq, dk, dv)

@@ -26,8 +26,8 @@ How a fast GEMM is built (read from the inside out):
    idle). Broadcast batch dimensions are not copied: `ia[p]`, `ib[p]` name the A and B
    matrices of output p. A long, thin product (a weight gradient x^T dy, K = tokens in the
    batch) is split along K instead, and the threads' partial products are added.
-4. `_work` is compiled once per dtype for arrays of any layout (explicit signatures), not
-   once per combination of layouts it meets: each copy takes seconds to compile.
+4. `_work` is compiled once per dtype, on first use, for arrays of any layout (`compiled`),
+   not once per combination of layouts it meets: each copy takes seconds to compile.
 
 Measured against np.matmul (OpenBLAS) in `benchmarks/kernels.py`; the figures and the
 dispatch rule they justify are in `matmul` below. attention.py calls `_work` directly, one
@@ -43,7 +43,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import checks
-from .threads import jit
+from .threads import jit, specialise
 
 
 def _vector_bytes():
@@ -128,19 +128,29 @@ def _pack(x, out, W):
                     out[g, k, w] = x[g * W + w, k] if g * W + w < R else 0
 
 
-def _signatures(scalars):
-    """_work's types, per dtype: A, B, C and the batch indices of any layout (A and B
+def signature(dtype):
+    """_work's types for one dtype: A, B, C and the batch indices of any layout (A and B
     read-only), so one compiled copy serves transposed views, contiguous and read-only
     arrays and, in attention.py, one head's columns of a (B, T, D) array alike; each copy
     takes seconds to compile."""
-    out = []
-    for dt in (types.float32, types.float64):
-        any3, index = types.Array(dt, 3, "A", readonly=True), types.Array(types.intp, 1, "A", readonly=True)
-        out.append(types.none(any3, any3, types.Array(dt, 3, "A"), index, index, *(types.intp,) * scalars))
-    return out
+    dt = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    any3, index = types.Array(dt, 3, "A", readonly=True), types.Array(types.intp, 1, "A", readonly=True)
+    return types.none(any3, any3, types.Array(dt, 3, "A"), index, index, *(types.intp,) * 4)
 
 
-@jit(signatures=_signatures(4))
+_ready = set()
+
+
+def compiled(dtype):
+    """Compile (or load from the cache) the GEMM for `dtype` on first use, one copy for every
+    layout; attention.py calls it before compiling kernels that call `_work`."""
+    if dtype not in _ready:
+        specialise(_work, signature(dtype))
+        specialise(_work_parallel, signature(dtype))
+        _ready.add(dtype)
+
+
+@jit()
 def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
     """Tasks t0..t1 of C = A @ B, for a (Pa, M, K) and bt (Pb, N, K) with any strides.
 
@@ -193,7 +203,7 @@ def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
         t = run
 
 
-@jit(parallel=True, signatures=_signatures(4))
+@jit(parallel=True)
 def _work_parallel(a, bt, c, ia, ib, rows, cols, tasks, threads):
     """`_work` with the tasks split evenly over `threads` threads."""
     for s in prange(threads):
@@ -249,6 +259,7 @@ def _gemm(a, b, batch):
     if K == 0:
         c[...] = 0
         return c
+    compiled(a.dtype)
     a3 = a.reshape((-1, M, K))
     bt3 = np.swapaxes(b, -1, -2).reshape((-1, N, K))
     ia, ib = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
