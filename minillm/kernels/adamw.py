@@ -41,12 +41,8 @@ def _adamw(p, g, m, v, decay, b1, b2, step, root2, eps):
 def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
     """Update parameter p and moments m, v in place with gradient g, at step t >= 1."""
     checks.same_shape("adamw_update", p=p, g=g, m=m, v=v)
-    arrays = {"p": p, "m": m, "v": v}
-    for name, a in arrays.items():
-        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable and a.dtype == p.dtype
-                and a.dtype in checks.FLOATS):
-            raise ValueError(f"adamw_update: {name} must be a writeable C-contiguous float32/float64 array "
-                             f"of p's dtype, got {type(a).__name__} {getattr(a, 'dtype', '')}")
+    for name, a in {"p": p, "m": m, "v": v}.items():
+        checks.writable("adamw_update", name, a, dtype=getattr(p, "dtype", None))
     g = np.ascontiguousarray(g, dtype=p.dtype)
     b1, b2 = betas
     _adamw(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), 1.0 - lr * weight_decay, b1, b2,

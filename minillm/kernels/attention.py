@@ -16,6 +16,9 @@ head (T x S values) stay in L2 between the product and the softmax, where the un
 version writes all B * H score matrices to memory and reads them back.
 The NumPy twin (reference.py) does the same with batched products.
 """
+import functools
+
+import numba
 import numpy as np
 from numba import prange, types
 
@@ -64,77 +67,81 @@ def _times(x, keep, out):
             out[i, j] = x[i, j] * keep[i, j]
 
 
+@jit()
+def _product(a, bt, c, plan):
+    """c = a @ bt^T for one head, (1, M, K) by (1, N, K), on this thread; plan = (rows, cols,
+    tasks) from `_plan`."""
+    zero = np.zeros(1, np.intp)
+    _work(a, bt, c, zero, zero, plan[0], plan[1], 0, plan[2])
+
+
 # Inside the kernels every operand is a slice of an array passed in, never a transpose made
 # there: each np.transpose / ufunc instance used in compiled code is one more function for
 # Numba to compile (seconds in all), so the transposed views come from Python.
 
 @jit(parallel=True)
-def _forward(q, k, vT, H, rows, idx, keep, dropout, c, blocks, y, p, scratch):
+def _forward(q, k, vT, H, rows, idx, keep, dropout, c, plans, y, p, scratch):
     B, T, D = q.shape
     d = D // H
-    zero = np.zeros(1, np.intp)
     for bh in prange(B * H):
         b, h = bh // H, bh % H
         lo, hi = h * d, h * d + d
         ph = p[b, h:h + 1]
-        _work(q[b:b + 1, :, lo:hi], k[b:b + 1, :, lo:hi], ph, zero, zero, blocks[0], blocks[1], 0, blocks[2])
-        _softmax_rows(p[b, h], rows, idx, bh * T, c)
+        _product(q[b:b + 1, :, lo:hi], k[b:b + 1, :, lo:hi], ph, plans[0])                  # scores
+        _softmax_rows(p[b, h], rows, idx, bh * T, c)                                       # P
         if dropout:
             _times(p[b, h], keep[b, h], scratch[bh])
             ph = scratch[bh:bh + 1]
-        _work(ph, vT[b:b + 1, lo:hi], y[b:b + 1, :, lo:hi], zero, zero, blocks[3], blocks[4], 0, blocks[5])
+        _product(ph, vT[b:b + 1, lo:hi], y[b:b + 1, :, lo:hi], plans[1])                   # Y = P' v
 
 
 @jit(parallel=True)
-def _backward(q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, blocks, ds, dsT, dq, dk, dv):
+def _backward(q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, plans, ds, dsT, dq, dk, dv):
     B, T, D = q.shape
     d = D // H
-    zero = np.zeros(1, np.intp)
     for bh in prange(B * H):
         b, h = bh // H, bh % H
         lo, hi = h * d, h * d + d
-        g, dsh = gy[b:b + 1, :, lo:hi], ds[bh:bh + 1]
-        _work(g, v[b:b + 1, :, lo:hi], dsh, zero, zero, blocks[0], blocks[1], 0, blocks[2])   # dP = dY v^T
+        _product(gy[b:b + 1, :, lo:hi], v[b:b + 1, :, lo:hi], ds[bh:bh + 1], plans[0])      # dP = dY v^T
         if dropout:
             _times(ds[bh], keep[b, h], ds[bh])
         _softmax_backward_rows(p[b, h], ds[bh], c)                                          # dS
-        _work(dsh, kT[b:b + 1, lo:hi], dq[b:b + 1, :, lo:hi], zero, zero,
-              blocks[3], blocks[4], 0, blocks[5])                                           # dQ = dS k
-        _work(dsT[bh:bh + 1], qT[b:b + 1, lo:hi], dk[b:b + 1, :, lo:hi], zero, zero,
-              blocks[6], blocks[7], 0, blocks[8])                                           # dK = dS^T q
+        _product(ds[bh:bh + 1], kT[b:b + 1, lo:hi], dq[b:b + 1, :, lo:hi], plans[1])        # dQ = dS k
+        _product(dsT[bh:bh + 1], qT[b:b + 1, lo:hi], dk[b:b + 1, :, lo:hi], plans[2])       # dK = dS^T q
+        pd = pT[b, h:h + 1]
         if dropout:                                                                         # P' = P * keep
             _times(p[b, h], keep[b, h], ds[bh])
-            _work(dsT[bh:bh + 1], gyT[b:b + 1, lo:hi], dv[b:b + 1, :, lo:hi], zero, zero,
-                  blocks[6], blocks[7], 0, blocks[8])                                       # dV = P'^T dY
-        else:
-            _work(pT[b, h:h + 1], gyT[b:b + 1, lo:hi], dv[b:b + 1, :, lo:hi], zero, zero,
-                  blocks[6], blocks[7], 0, blocks[8])
+            pd = dsT[bh:bh + 1]
+        _product(pd, gyT[b:b + 1, lo:hi], dv[b:b + 1, :, lo:hi], plans[2])                  # dV = P'^T dY
 
 
+@functools.lru_cache(maxsize=None)
 def _signature(dtype, spec):
     """Numba types for a compact spec: r3/w3 a read-only/writable 3-D array of `dtype` of any
     layout, R4/W3/W4 C-contiguous ones (rows the softmax loops run along: with a stride known
-    to be 1 they vectorise), i an index, I read-only C index array, M the read-only C bool
-    mask rows, b a bool, f a `dtype` scalar. One compiled copy per dtype then serves every
-    layout of q, k, v (column blocks of a qkv projection, contiguous arrays, ...)."""
-    dt = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    to be 1 they vectorise), i an index, I read-only C index array, P the read-only C (n, 3)
+    plans, M the read-only C bool mask rows, b a bool, f a `dtype` scalar. One compiled copy
+    per dtype then serves every layout of q, k, v (column blocks of a qkv projection,
+    contiguous arrays, ...)."""
+    dt = numba.from_dtype(np.dtype(dtype))
     arr = lambda n, layout, ro: types.Array(dt, n, layout, readonly=ro)  # noqa: E731
     table = {"r3": arr(3, "A", True), "r4": arr(4, "A", True), "R4": arr(4, "C", True),
              "W3": arr(3, "C", False), "W4": arr(4, "C", False), "i": types.intp,
-             "I": types.Array(types.intp, 1, "C", readonly=True), "M": types.Array(types.boolean, 2, "C", readonly=True),
+             "I": types.Array(types.intp, 1, "C", readonly=True), "P": types.Array(types.intp, 2, "C", readonly=True),
+             "M": types.Array(types.boolean, 2, "C", readonly=True),
              "b": types.boolean, "f": dt}
     return types.none(*(table[k] for k in spec.split()))
 
 
-FORWARD = "r3 r3 r3 i M I R4 b f I W3 W4 W3"               # q k vT H rows idx keep dropout c blocks y p scratch
-BACKWARD = "r3 r3 r3 r3 r3 i R4 r4 R4 b f r3 r3 I W3 r3 W3 W3 W3"
-# q qT k kT v H p pT keep dropout c gy gyT blocks ds dsT dq dk dv
+FORWARD = "r3 r3 r3 i M I R4 b f P W3 W4 W3"               # q k vT H rows idx keep dropout c plans y p scratch
+BACKWARD = "r3 r3 r3 r3 r3 i R4 r4 R4 b f r3 r3 P W3 r3 W3 W3 W3"
+# q qT k kT v H p pT keep dropout c gy gyT plans ds dsT dq dk dv
 
 
 def _plan(M, N, dtype):
     """(rows, cols, tasks) of one head's (M, N) product, run on one thread."""
     rows, cols = _blocks(1, M, N, panel_width(dtype), 1)
-    return [rows, cols, -(-M // rows) * -(-N // cols)]
+    return (rows, cols, -(-M // rows) * -(-N // cols))
 
 
 def _check(q, k, v, n_heads):
@@ -166,11 +173,11 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
     y, p = np.empty(q.shape, q.dtype), np.empty(shape, q.dtype)
     d = D // n_heads
     if y.size and S:
-        blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype), np.intp)
+        plans = np.array([_plan(T, S, q.dtype), _plan(T, d, q.dtype)], np.intp)
         scratch = np.empty((B * n_heads, T, S) if dropout else (1, 1, 1), q.dtype)
         compiled(q.dtype)   # the GEMM first: the kernel calls it
         forward = specialise(_forward, _signature(q.dtype, FORWARD))
-        forward(q, k, v.transpose(0, 2, 1), n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), blocks,
+        forward(q, k, v.transpose(0, 2, 1), n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), plans,
                 y, p, scratch)
     elif y.size:
         y[...] = 0
@@ -188,14 +195,14 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
     dq, dk, dv = np.empty(q.shape, q.dtype), np.empty(k.shape, q.dtype), np.empty(v.shape, q.dtype)
     d = D // n_heads
     if q.size and S:
-        blocks = np.array(_plan(T, S, q.dtype) + _plan(T, d, q.dtype) + _plan(S, d, q.dtype), np.intp)
+        plans = np.array([_plan(T, S, q.dtype), _plan(T, d, q.dtype), _plan(S, d, q.dtype)], np.intp)
         p = np.ascontiguousarray(p, q.dtype)
         ds = np.empty((B * n_heads, T, S), q.dtype)    # dP, then dS, of every head
         t = (lambda a: a.transpose(0, 2, 1))
         compiled(q.dtype)
         backward = specialise(_backward, _signature(q.dtype, BACKWARD))
         backward(q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
-                 q.dtype.type(1 / np.sqrt(d)), gy, t(gy), blocks, ds, t(ds), dq, dk, dv)
+                 q.dtype.type(1 / np.sqrt(d)), gy, t(gy), plans, ds, t(ds), dq, dk, dv)
     else:
         dq[...], dk[...], dv[...] = 0, 0, 0
     return dq, dk, dv

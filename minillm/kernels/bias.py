@@ -42,9 +42,7 @@ def _sum_rows(g, out):
 
 def add_bias(y, b):
     """y += b over the last axis, in place; returns y (a C-contiguous float array)."""
-    if not (isinstance(y, np.ndarray) and y.flags.c_contiguous and y.flags.writeable and y.dtype in checks.FLOATS):
-        raise ValueError(f"add_bias: y must be a writeable C-contiguous float32/float64 array, got "
-                         f"{type(y).__name__} {getattr(y, 'dtype', '')}")
+    checks.writable("add_bias", "y", y)
     if np.shape(b) != y.shape[-1:]:
         raise ValueError(f"add_bias: b must have shape {y.shape[-1:]}, got {np.shape(b)}")
     if y.size:

@@ -60,14 +60,19 @@ def rows2d(a):
     return np.ascontiguousarray(a).reshape(int(np.prod(a.shape[:-1])), a.shape[-1])
 
 
+def writable(fn, name, a, shape=None, dtype=None):
+    """An array a kernel writes in place must be a writeable, C-contiguous float32/float64
+    ndarray (of `shape` and `dtype` when given); returns it."""
+    ok = (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.writeable and a.dtype in FLOATS
+          and (shape is None or a.shape == tuple(shape)) and (dtype is None or a.dtype == dtype))
+    if not ok:
+        want = " ".join(x for x in ("of shape " + str(tuple(shape)) if shape is not None else "",
+                                    "and dtype " + str(np.dtype(dtype)) if dtype is not None else "") if x)
+        got = f"{type(a).__name__} {getattr(a, 'shape', '')} {getattr(a, 'dtype', '')}".strip()
+        raise ValueError(f"{fn}: {name} must be a writeable C-contiguous float32/float64 array {want}, got {got}")
+    return a
+
+
 def out_array(fn, out, shape, dtype):
-    """An `out=` buffer must be a C-contiguous ndarray of the result's shape and dtype."""
-    if out is None:
-        return np.empty(shape, dtype)
-    if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        got = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}".strip()
-        raise ValueError(f"{fn}: out must be a C-contiguous array of shape {tuple(shape)} and dtype {np.dtype(dtype)}, "
-                         f"got {got}")
-    if not out.flags.writeable:
-        raise ValueError(f"{fn}: out must be writeable")
-    return out
+    """The `out=` buffer of a result of `shape` and `dtype`: a new array when out is None."""
+    return np.empty(shape, dtype) if out is None else writable(fn, "out", out, shape, dtype)

@@ -133,7 +133,7 @@ def signature(dtype):
     read-only), so one compiled copy serves transposed views, contiguous and read-only
     arrays and, in attention.py, one head's columns of a (B, T, D) array alike; each copy
     takes seconds to compile."""
-    dt = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    dt = numba.from_dtype(np.dtype(dtype))
     any3, index = types.Array(dt, 3, "A", readonly=True), types.Array(types.intp, 1, "A", readonly=True)
     return types.none(any3, any3, types.Array(dt, 3, "A"), index, index, *(types.intp,) * 4)
 

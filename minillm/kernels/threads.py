@@ -54,18 +54,14 @@ FASTMATH = {"nnan", "nsz", "reassoc", "contract", "arcp"}
 OPTIONS = dict(fastmath=FASTMATH, error_model="numpy", nogil=True)
 
 
-def jit(parallel=False, signatures=None):
-    """`numba.njit` with our flags: FASTMATH, an on-disk cache when a writable location
-    exists, and optional parallel loops. With `signatures`, the function is compiled for
-    those types only (when first imported, or loaded from the cache), and calls convert to
-    them, e.g. any array to an "A" (any layout) array, instead of compiling one more copy."""
-    args = () if signatures is None else (signatures,)
-
+def jit(parallel=False):
+    """`numba.njit` with our OPTIONS, an on-disk cache when a writable location exists, and
+    optional parallel loops."""
     def wrap(fn):
         try:
-            return numba.njit(*args, cache=True, **OPTIONS, parallel=parallel)(fn)
+            return numba.njit(cache=True, **OPTIONS, parallel=parallel)(fn)
         except (RuntimeError, OSError, PermissionError):  # no writable cache location
-            return numba.njit(*args, cache=False, **OPTIONS, parallel=parallel)(fn)
+            return numba.njit(cache=False, **OPTIONS, parallel=parallel)(fn)
     return wrap
 
 
