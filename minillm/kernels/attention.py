@@ -3,7 +3,8 @@
 q (B, T, D), k and v (B, S, D) hold n_heads heads of d = D / n_heads columns each. Head h
 of batch row b is the column block h*d:(h+1)*d of each, a (T, d) view with contiguous rows,
 which `gemm`'s tile reads in place: no head is copied out and no output copied back.
-For each (b, h), on all threads (`prange` over the B * H heads):
+For each (b, h), on all threads (`prange` over the B * H heads), with gemm's `_work` for the
+products (passed in as a function pointer, `gemm.Work`):
 
     forward    P = softmax(c q k^T, mask)        into P[b, h], then, while it is in cache,
                Y = P' v                          into Y's columns of head h
@@ -23,7 +24,7 @@ import numpy as np
 from numba import prange, types
 
 from . import checks
-from .gemm import _blocks, _work, compiled, panel_width
+from .gemm import _blocks, compiled, panel_width, signature
 from .softmax_fused import _row_exp, _row_max
 from .threads import jit, specialise
 
@@ -68,11 +69,11 @@ def _times(x, keep, out):
 
 
 @jit()
-def _product(a, bt, c, plan):
-    """c = a @ bt^T for one head, (1, M, K) by (1, N, K), on this thread; plan = (rows, cols,
-    tasks) from `_plan`."""
+def _product(work, a, bt, c, plan):
+    """c = a @ bt^T for one head, (1, M, K) by (1, N, K), on this thread; work is gemm's
+    `_work`, passed in as a function pointer; plan = (rows, cols, tasks) from `_plan`."""
     zero = np.zeros(1, np.intp)
-    _work(a, bt, c, zero, zero, plan[0], plan[1], 0, plan[2])
+    work(a, bt, c, zero, zero, plan[0], plan[1], 0, plan[2])
 
 
 # Inside the kernels every operand is a slice of an array passed in, never a transpose made
@@ -80,39 +81,39 @@ def _product(a, bt, c, plan):
 # Numba to compile (seconds in all), so the transposed views come from Python.
 
 @jit(parallel=True)
-def _forward(q, k, vT, H, rows, idx, keep, dropout, c, plans, y, p, scratch):
+def _forward(work, q, k, vT, H, rows, idx, keep, dropout, c, plans, y, p, scratch):
     B, T, D = q.shape
     d = D // H
     for bh in prange(B * H):
         b, h = bh // H, bh % H
         lo, hi = h * d, h * d + d
         ph = p[b, h:h + 1]
-        _product(q[b:b + 1, :, lo:hi], k[b:b + 1, :, lo:hi], ph, plans[0])                  # scores
-        _softmax_rows(p[b, h], rows, idx, bh * T, c)                                       # P
+        _product(work, q[b:b + 1, :, lo:hi], k[b:b + 1, :, lo:hi], ph, plans[0])                    # scores
+        _softmax_rows(p[b, h], rows, idx, bh * T, c)                                                # P
         if dropout:
             _times(p[b, h], keep[b, h], scratch[bh])
             ph = scratch[bh:bh + 1]
-        _product(ph, vT[b:b + 1, lo:hi], y[b:b + 1, :, lo:hi], plans[1])                   # Y = P' v
+        _product(work, ph, vT[b:b + 1, lo:hi], y[b:b + 1, :, lo:hi], plans[1])                      # Y = P' v
 
 
 @jit(parallel=True)
-def _backward(q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, plans, ds, dsT, dq, dk, dv):
+def _backward(work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, plans, ds, dsT, dq, dk, dv):
     B, T, D = q.shape
     d = D // H
     for bh in prange(B * H):
         b, h = bh // H, bh % H
         lo, hi = h * d, h * d + d
-        _product(gy[b:b + 1, :, lo:hi], v[b:b + 1, :, lo:hi], ds[bh:bh + 1], plans[0])      # dP = dY v^T
+        _product(work, gy[b:b + 1, :, lo:hi], v[b:b + 1, :, lo:hi], ds[bh:bh + 1], plans[0])        # dP = dY v^T
         if dropout:
             _times(ds[bh], keep[b, h], ds[bh])
-        _softmax_backward_rows(p[b, h], ds[bh], c)                                          # dS
-        _product(ds[bh:bh + 1], kT[b:b + 1, lo:hi], dq[b:b + 1, :, lo:hi], plans[1])        # dQ = dS k
-        _product(dsT[bh:bh + 1], qT[b:b + 1, lo:hi], dk[b:b + 1, :, lo:hi], plans[2])       # dK = dS^T q
+        _softmax_backward_rows(p[b, h], ds[bh], c)                                                  # dS
+        _product(work, ds[bh:bh + 1], kT[b:b + 1, lo:hi], dq[b:b + 1, :, lo:hi], plans[1])          # dQ = dS k
+        _product(work, dsT[bh:bh + 1], qT[b:b + 1, lo:hi], dk[b:b + 1, :, lo:hi], plans[2])         # dK = dS^T q
         pd = pT[b, h:h + 1]
-        if dropout:                                                                         # P' = P * keep
+        if dropout:                                                                                 # P' = P * keep
             _times(p[b, h], keep[b, h], ds[bh])
             pd = dsT[bh:bh + 1]
-        _product(pd, gyT[b:b + 1, lo:hi], dv[b:b + 1, :, lo:hi], plans[2])                  # dV = P'^T dY
+        _product(work, pd, gyT[b:b + 1, lo:hi], dv[b:b + 1, :, lo:hi], plans[2])                    # dV = P'^T dY
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,13 +130,13 @@ def _signature(dtype, spec):
              "W3": arr(3, "C", False), "W4": arr(4, "C", False), "i": types.intp,
              "I": types.Array(types.intp, 1, "C", readonly=True), "P": types.Array(types.intp, 2, "C", readonly=True),
              "M": types.Array(types.boolean, 2, "C", readonly=True),
-             "b": types.boolean, "f": dt}
+             "b": types.boolean, "f": dt, "F": types.FunctionType(signature(dtype))}
     return types.none(*(table[k] for k in spec.split()))
 
 
-FORWARD = "r3 r3 r3 i M I R4 b f P W3 W4 W3"               # q k vT H rows idx keep dropout c plans y p scratch
-BACKWARD = "r3 r3 r3 r3 r3 i R4 r4 R4 b f r3 r3 P W3 r3 W3 W3 W3"
-# q qT k kT v H p pT keep dropout c gy gyT plans ds dsT dq dk dv
+FORWARD = "F r3 r3 r3 i M I R4 b f P W3 W4 W3"               # work q k vT H rows idx keep dropout c plans y p scratch
+BACKWARD = "F r3 r3 r3 r3 r3 i R4 r4 R4 b f r3 r3 P W3 r3 W3 W3 W3"
+# work q qT k kT v H p pT keep dropout c gy gyT plans ds dsT dq dk dv
 
 
 def _plan(M, N, dtype):
@@ -175,9 +176,9 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
     if y.size and S:
         plans = np.array([_plan(T, S, q.dtype), _plan(T, d, q.dtype)], np.intp)
         scratch = np.empty((B * n_heads, T, S) if dropout else (1, 1, 1), q.dtype)
-        compiled(q.dtype)   # the GEMM first: the kernel calls it
+        work = compiled(q.dtype)   # the GEMM first: the kernel calls it
         forward = specialise(_forward, _signature(q.dtype, FORWARD))
-        forward(q, k, v.transpose(0, 2, 1), n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), plans,
+        forward(work, q, k, v.transpose(0, 2, 1), n_heads, rows, idx, keep, dropout, q.dtype.type(1 / np.sqrt(d)), plans,
                 y, p, scratch)
     elif y.size:
         y[...] = 0
@@ -199,9 +200,9 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
         p = np.ascontiguousarray(p, q.dtype)
         ds = np.empty((B * n_heads, T, S), q.dtype)    # dP, then dS, of every head
         t = (lambda a: a.transpose(0, 2, 1))
-        compiled(q.dtype)
+        work = compiled(q.dtype)
         backward = specialise(_backward, _signature(q.dtype, BACKWARD))
-        backward(q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
+        backward(work, q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
                  q.dtype.type(1 / np.sqrt(d)), gy, t(gy), plans, ds, t(ds), dq, dk, dv)
     else:
         dq[...], dk[...], dv[...] = 0, 0, 0

@@ -27,11 +27,13 @@ How a fast GEMM is built (read from the inside out):
    matrices of output p. A long, thin product (a weight gradient x^T dy, K = tokens in the
    batch) is split along K instead, and the threads' partial products are added.
 4. `_work` is compiled once per dtype, on first use, for arrays of any layout (`compiled`),
-   not once per combination of layouts it meets: each copy takes seconds to compile.
+   not once per combination of layouts it meets: each copy takes seconds to compile. Kernels
+   that call it (`_work_parallel`, attention.py) get it as a function pointer (`Work`), so
+   they do not each compile a copy of it either.
 
 Measured against np.matmul (OpenBLAS) in `benchmarks/kernels.py`; the figures and the
-dispatch rule they justify are in `matmul` below. attention.py calls `_work` directly, one
-head at a time.
+dispatch rule they justify are in `matmul` below. attention.py calls `_work`, one head at a
+time.
 """
 import math
 
@@ -40,7 +42,8 @@ import numpy as np
 from llvmlite import binding, ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.experimental.function_type import _get_wrapper_address
+from numba.extending import intrinsic, typeof_impl
 
 from . import checks
 from .threads import jit, specialise
@@ -138,16 +141,40 @@ def signature(dtype):
     return types.none(any3, any3, types.Array(dt, 3, "A"), index, index, *(types.intp,) * 4)
 
 
-_ready = set()
+class Work:
+    """`_work`'s compiled code for one dtype as a function pointer, the way kernels that call
+    the GEMM (`_work_parallel`, attention.py) take it: their compiled code then calls the one
+    compiled `_work` instead of linking in a copy of it for LLVM to optimise again (~2 s of
+    compile per caller). Passing `_work` itself would also work, but Numba then looks up its
+    address on every call (~50 us); this object looks it up once."""
+
+    def __init__(self, dtype):
+        self.signature = signature(dtype)
+        specialise(_work, self.signature)
+        self.address = _get_wrapper_address(_work, self.signature)
+        self.type = types.FunctionType(self.signature)
+
+    def __wrapper_address__(self):   # Numba's protocol for first-class functions
+        return self.address
+
+
+@typeof_impl.register(Work)
+def _typeof_work(value, context):
+    return value.type
+
+
+_compiled = {}
 
 
 def compiled(dtype):
-    """Compile (or load from the cache) the GEMM for `dtype` on first use, one copy for every
-    layout; attention.py calls it before compiling kernels that call `_work`."""
-    if dtype not in _ready:
-        specialise(_work, signature(dtype))
-        specialise(_work_parallel, signature(dtype))
-        _ready.add(dtype)
+    """The GEMM for `dtype` as a `Work` pointer, compiled (or loaded from the cache) on first
+    use, one copy for every layout; attention.py calls it before compiling its kernels."""
+    dtype = np.dtype(dtype)
+    if dtype not in _compiled:
+        work = Work(dtype)
+        specialise(_work_parallel, types.none(work.type, *work.signature.args))
+        _compiled[dtype] = work
+    return _compiled[dtype]
 
 
 @jit()
@@ -204,10 +231,10 @@ def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
 
 
 @jit(parallel=True)
-def _work_parallel(a, bt, c, ia, ib, rows, cols, tasks, threads):
-    """`_work` with the tasks split evenly over `threads` threads."""
+def _work_parallel(work, a, bt, c, ia, ib, rows, cols, tasks, threads):
+    """`work` (`_work`) with the tasks split evenly over `threads` threads."""
     for s in prange(threads):
-        _work(a, bt, c, ia, ib, rows, cols, s * tasks // threads, (s + 1) * tasks // threads)
+        work(a, bt, c, ia, ib, rows, cols, s * tasks // threads, (s + 1) * tasks // threads)
 
 
 def _blocks(P, M, N, nr, threads):
@@ -259,7 +286,7 @@ def _gemm(a, b, batch):
     if K == 0:
         c[...] = 0
         return c
-    compiled(a.dtype)
+    work = compiled(a.dtype)
     a3 = a.reshape((-1, M, K))
     bt3 = np.swapaxes(b, -1, -2).reshape((-1, N, K))
     ia, ib = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
@@ -275,12 +302,12 @@ def _gemm(a, b, batch):
         parts = np.empty((S, M, N), a.dtype)
         ia = ib = np.arange(S)
         rows, cols = _blocks(S, M, N, panel_width(a.dtype), threads)
-        _work_parallel(a3, bt3, parts, ia, ib, rows, cols, S * -(-M // rows) * -(-N // cols), threads)
+        _work_parallel(work, a3, bt3, parts, ia, ib, rows, cols, S * -(-M // rows) * -(-N // cols), threads)
         return np.sum(parts, axis=0, out=c)
     rows, cols = _blocks(P, M, N, panel_width(a.dtype), threads)
     tasks = P * -(-M // rows) * -(-N // cols)
     if threads > 1 and tasks > 1:
-        _work_parallel(a3, bt3, c3, ia, ib, rows, cols, tasks, min(threads, tasks))
+        _work_parallel(work, a3, bt3, c3, ia, ib, rows, cols, tasks, min(threads, tasks))
     else:
         _work(a3, bt3, c3, ia, ib, rows, cols, 0, tasks)
     return c
