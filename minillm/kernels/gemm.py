@@ -210,8 +210,10 @@ def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
                 r0, r1 = rb * rows, min(M, rb * rows + rows)
                 if not in_place:
                     _pack(a_p[r0:r1], ap[:(r1 - r0 + MR - 1) // MR, :kk], MR)
-                elif r1 == M and M % MR:
-                    edge[:M % MR, :kk] = a_p[M - M % MR:]
+                elif r1 == M and M % MR:     # (loops: a slice assignment costs ~1 s of compile)
+                    for r in range(M % MR):
+                        for k in range(kk):
+                            edge[r, k] = a_p[M - M % MR + r, k]
                 for j in range(nb):
                     j0, b_j = c0 + j * nr, bp[j, :kk]
                     for i0 in range(r0, r1, MR):
