@@ -80,6 +80,24 @@ def test_gemm_tiles_exactly_on_integers():
     assert np.array_equal(F.gemm(a.astype(np.float64), bt), a @ bt)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_weight_gradient_exactly_on_integers(threads):
+    # x^T @ g and g^T @ x, weight gradients: A is a transposed view, so gemm packs it into
+    # panels (`_tile_panel`), and K = 2048 tokens is long enough that two threads split K and
+    # add their partial products. x is contiguous, then strided (every other column).
+    rng = np.random.default_rng(1)
+    x = rng.integers(-4, 5, (2048, 134)).astype(np.float32)
+    g = rng.integers(-4, 5, (2048, 130)).astype(np.float32)
+    before = K.num_threads()
+    try:
+        K.set_num_threads(threads)
+        for a in (np.ascontiguousarray(x[:, :67]), x[:, ::2]):
+            assert np.array_equal(F.gemm(a.T, g), a.T.astype(np.float64) @ g)
+            assert np.array_equal(F.gemm(g.T, a), g.T.astype(np.float64) @ a)
+    finally:
+        K.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- attention
 
 @st.composite
