@@ -172,17 +172,19 @@ def _copy(x, out):
 @jit()
 def _pack(x, out, W):
     """out[g, k, w] = x[g * W + w, k] for x (R, K), out (G, K, W); zero past row R.
-    Callers pass W as a constant (MR or NR), so LLVM unrolls the w loop."""
+    Callers pass W as a constant (MR or NR), so LLVM unrolls the w loop. The loop over k is
+    outermost: when x is a transposed view (B of x @ W, or A and B of a weight gradient), x's
+    columns are memory rows, read from start to end."""
     R, K = x.shape
-    for g in range(out.shape[0]):
-        if (g + 1) * W <= R:
-            for k in range(K):
-                for w in range(W):
-                    out[g, k, w] = x[g * W + w, k]
-        else:
-            for k in range(K):
-                for w in range(W):
-                    out[g, k, w] = x[g * W + w, k] if g * W + w < R else 0
+    full = min(out.shape[0], R // W)   # panels with no row past R
+    for k in range(K):
+        for g in range(full):
+            for w in range(W):
+                out[g, k, w] = x[g * W + w, k]
+    for g in range(full, out.shape[0]):
+        for k in range(K):
+            for w in range(W):
+                out[g, k, w] = x[g * W + w, k] if g * W + w < R else 0
 
 
 def signature(dtype):
