@@ -88,7 +88,8 @@ def linear(x, weight, bias=None):
     Why one op and not `@` then `+`: np.matmul runs (B, T, d_in) @ (d_in, d_out) as B small
     products, the bias add allocates a second output, and both outputs stay alive in the
     graph until the backward. Here x is viewed as (B*T, d_in), so forward and backward are
-    each one matrix product per operand, the bias is added in place, and one array is kept:
+    each one matrix product per operand, the bias is added inside the product
+    (`kernels.linear`: the GEMM's register tile starts from it), and one array is kept:
         dx = g W^T,   dW = x^T g,   db = sum of g over rows     (g viewed as (B*T, d_out)).
     """
     x, w = _t(x), _t(weight)
@@ -99,9 +100,10 @@ def linear(x, weight, bias=None):
         raise ValueError(f"linear: bias has shape {b.shape}, expected ({w.shape[1]},)")
     d_in, d_out = w.shape
     x2 = x.data.reshape(-1, d_in)
-    y = K.matmul(x2, w.data)
-    if b is not None:
-        y = K.add_bias(y, b.data) if np.result_type(y, b.data) == y.dtype else y + b.data
+    if b is None or np.result_type(x2, w.data, b.data) == np.result_type(x2, w.data):
+        y = K.linear(x2, w.data, None if b is None else b.data)   # the bias added inside the product
+    else:
+        y = K.matmul(x2, w.data) + b.data                         # a wider bias widens the output
 
     def vjp(g):
         g2 = g.reshape(-1, d_out)

@@ -98,6 +98,40 @@ def test_gemm_weight_gradient_exactly_on_integers(threads):
         K.set_num_threads(before)
 
 
+@st.composite
+def linear_case(draw):
+    """x (R, K) @ w (K, N) + b: rows around the tile and task edges, N around the panel edge,
+    and K long enough at times for two threads to split it (K >= 4 max(R, N))."""
+    r, n = draw(st.sampled_from([1, 7, 8, 9, 95, 97, 130])), draw(st.sampled_from([1, 31, 33, 64, 100]))
+    k = draw(st.sampled_from([1, 40, 255, 257, 600]))
+    return r, k, n
+
+
+@given(linear_case(), DTYPES, DTYPES, st.booleans(), layouts, seeds)
+def test_linear_equals_numpy(case, dx, db, with_bias, layout, seed):
+    # gemm adds the bias in its register tile, at the first K slice only; the twin adds it after
+    R_, K_, N = case
+    rng = np.random.default_rng(seed)
+    x, w = sample(rng, (R_, K_), dx, layout), rng.standard_normal((K_, N)).astype(dx)
+    b = rng.standard_normal(N).astype(db) * 10 if with_bias else None
+    want = R.linear(x, w, b)
+    bound = np.abs(x).astype(np.float64) @ np.abs(w) + (0 if b is None else np.abs(b))
+    for got in (F.linear(x, w, b), K.linear(x, w, b)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.all(np.abs(got - want) <= 2 * (K_ + 2) * np.finfo(got.dtype).eps * bound + 1e-300)
+
+
+def test_linear_adds_the_bias_once_on_integers():
+    # integer values: exact sums, so a bias added at every K slice or in a padded column shows
+    rng = np.random.default_rng(2)
+    x = rng.integers(-4, 5, (67, 530)).astype(np.float32)
+    w = rng.integers(-4, 5, (530, 130)).astype(np.float32)
+    b = rng.integers(-50, 50, 130).astype(np.float32)
+    assert np.array_equal(F.linear(x, w, b), x @ w + b)                # 2 threads split K = 530
+    assert np.array_equal(F.linear(x[:, :300], w[:300], b), x[:, :300] @ w[:300] + b)   # the tile adds it
+    assert np.array_equal(F.linear(x[:8, :40], w[:40], b), x[:8, :40] @ w[:40] + b)     # np.matmul path
+
+
 # ---------------------------------------------------------------- attention
 
 @st.composite
@@ -335,6 +369,9 @@ def test_mixed_dtypes_promote_like_numpy():
     (lambda: F.adamw_update(np.ones(3), np.ones(4), np.ones(3), np.ones(3), 0.1, (0.9, 0.9), 1e-8, 0.0, 1),
      ValueError, ["adamw_update", "(3,)", "(4,)"]),
     (lambda: F.add_bias(np.ones((2, 3)), np.ones(2)), ValueError, ["add_bias", "(3,)", "(2,)"]),
+    (lambda: F.linear(np.ones((2, 3)), np.ones((4, 5))), ValueError, ["linear", "(2, 3)", "(4, 5)"]),
+    (lambda: F.linear(np.ones((2, 3)), np.ones((3, 5)), np.ones(4)), ValueError, ["linear", "b", "(5,)", "(4,)"]),
+    (lambda: F.linear(np.ones((2, 3)), np.ones((3, 5), int)), TypeError, ["linear", "w", "int"]),
     (lambda: F.add_bias(np.ones((3, 2)).T, np.ones(3)), ValueError, ["add_bias", "C-contiguous"]),
     (lambda: F.sum_rows(np.ones((2, 3), int)), TypeError, ["sum_rows", "int"]),
     (lambda: F.softmax(np.ones((2, 4)), out=np.ones((4, 2)).T), ValueError, ["softmax", "out", "C-contiguous"]),

@@ -300,14 +300,20 @@ def test_parameter_counts_from_first_principles():
 
 
 def count_matmul_flops(monkeypatch, fn):
-    """Multiply-add FLOPs of every product a forward pass does: kernels.matmul, and the two
-    products per head inside kernels.attention_forward (q k^T and P v)."""
+    """Multiply-add FLOPs of every product a forward pass does: kernels.matmul,
+    kernels.linear, and the two products per head inside kernels.attention_forward (q k^T
+    and P v)."""
     total = [0]
-    real, real_attention = kernels.matmul, kernels.attention_forward
+    real, real_linear, real_attention = kernels.matmul, kernels.linear, kernels.attention_forward
 
     def counting(a, b):
         out = real(a, b)
         total[0] += 2 * out.size * a.shape[-1]
+        return out
+
+    def counting_linear(x, w, b=None):
+        out = real_linear(x, w, b)
+        total[0] += 2 * out.size * x.shape[-1]
         return out
 
     def counting_attention(q, k, v, n_heads, mask=None, keep=None):
@@ -316,10 +322,12 @@ def count_matmul_flops(monkeypatch, fn):
         return y, p
 
     monkeypatch.setattr(kernels, "matmul", counting)
+    monkeypatch.setattr(kernels, "linear", counting_linear)
     monkeypatch.setattr(kernels, "attention_forward", counting_attention)
     with no_grad():
         fn()
     monkeypatch.setattr(kernels, "matmul", real)
+    monkeypatch.setattr(kernels, "linear", real_linear)
     monkeypatch.setattr(kernels, "attention_forward", real_attention)
     return total[0]
 

@@ -69,6 +69,7 @@ def _impl():
 
 
 def matmul(a, b): return _impl().matmul(a, b)
+def linear(x, w, b=None): return _impl().linear(x, w, b)
 def softmax(x, mask=None, causal=False): return _impl().softmax(x, mask, causal)
 def softmax_backward(y, dy, out=None): return _impl().softmax_backward(y, dy, out)
 def log_softmax(x, mask=None, causal=False): return _impl().log_softmax(x, mask, causal)

@@ -72,8 +72,8 @@ def _times(x, keep, out):
 def _product(work, a, bt, c, plan):
     """c = a @ bt^T for one head, (1, M, K) by (1, N, K), on this thread; work is gemm's
     `_work`, passed in as a function pointer; plan = (rows, cols, tasks) from `_plan`."""
-    zero = np.zeros(1, np.intp)
-    work(a, bt, c, zero, zero, plan[0], plan[1], 0, plan[2])
+    zero, no_bias = np.zeros(1, np.intp), np.empty(0, c.dtype)
+    work(a, bt, c, zero, zero, no_bias, plan[0], plan[1], 0, plan[2])
 
 
 # Inside the kernels every operand is a slice of an array passed in, never a transpose made

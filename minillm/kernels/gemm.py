@@ -52,6 +52,7 @@ from numba.experimental.function_type import _get_wrapper_address
 from numba.extending import intrinsic, typeof_impl
 
 from . import checks
+from .bias import add_bias
 from .threads import jit, specialise
 
 
@@ -79,13 +80,14 @@ def panel_width(dtype):
 def _make_tile(panel):
     """The register tile as a Numba intrinsic, for A in rows (panel=False) or in a panel."""
     @intrinsic
-    def tile(typingctx, a, bp, c, add):
-        return types.none(a, bp, c, add), functools.partial(_tile_code, panel)
+    def tile(typingctx, a, bp, c, add, bias):
+        return types.none(a, bp, c, add, bias), functools.partial(_tile_code, panel)
     return tile
 
 
 def _tile_code(panel, context, builder, sig, args):
-    """LLVM code for c[:, :] = a @ bp (add=False) or c[:, :] += a @ bp (add=True), with bp
+    """LLVM code for c[:, :] = a @ bp (add=False) or c[:, :] += a @ bp (add=True), plus bias
+    (NR values, added to every row) when add is False and bias is not empty; with bp
     (K, NR) a C-contiguous packed panel, c (MR, NR) with contiguous rows, and a either (MR, K)
     with contiguous rows (any row stride), or (panel=True) a C-contiguous packed panel
     (K, MR), i.e. a^T."""
@@ -125,13 +127,22 @@ def _tile_code(panel, context, builder, sig, args):
             return builder.gep(a_row[r], [k])
     c_row = [builder.gep(C.data, [builder.mul(const(r), c0)]) for r in range(MR)]
 
-    # accumulators: stack slots that LLVM promotes to registers (mem2reg), starting at 0 or
-    # at c (a branch, not a select: c is not read at all when add is false)
+    # accumulators: stack slots that LLVM promotes to registers (mem2reg), starting at c, at
+    # the bias or at 0 (branches, not selects: c and bias are not read unless used)
     acc = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for v in range(NV)] for r in range(MR)]
-    with builder.if_then(context.cast(builder, args[3], sig.args[3], types.boolean)):
-        for r in range(MR):
-            for v in range(NV):
-                builder.store(builder.load(vector(c_row[r], const(v * lanes)), align=size), acc[r][v])
+    bias = context.make_array(sig.args[4])(context, builder, args[4])
+    add = context.cast(builder, args[3], sig.args[3], types.boolean)
+    with builder.if_else(add) as (then, otherwise):
+        with then:
+            for r in range(MR):
+                for v in range(NV):
+                    builder.store(builder.load(vector(c_row[r], const(v * lanes)), align=size), acc[r][v])
+        with otherwise:
+            with builder.if_then(builder.icmp_signed(">", cgutils.unpack_tuple(builder, bias.shape)[0], const(0))):
+                for v in range(NV):
+                    b = builder.load(vector(bias.data, const(v * lanes)), align=size)
+                    for r in range(MR):
+                        builder.store(b, acc[r][v])
 
     def step(k):   # acc += outer product of a[:, k] and bp[k]: NV loads, MR broadcasts, MR * NV FMAs
         b_k = builder.mul(k, const(NV * lanes))
@@ -191,10 +202,11 @@ def signature(dtype):
     """_work's types for one dtype: A, B, C and the batch indices of any layout (A and B
     read-only), so one compiled copy serves transposed views, contiguous and read-only
     arrays and, in attention.py, one head's columns of a (B, T, D) array alike; each copy
-    takes seconds to compile."""
+    takes seconds to compile. The bias: N values padded to whole panels, or empty."""
     dt = numba.from_dtype(np.dtype(dtype))
     any3, index = types.Array(dt, 3, "A", readonly=True), types.Array(types.intp, 1, "A", readonly=True)
-    return types.none(any3, any3, types.Array(dt, 3, "A"), index, index, *(types.intp,) * 4)
+    bias = types.Array(dt, 1, "C", readonly=True)
+    return types.none(any3, any3, types.Array(dt, 3, "A"), index, index, bias, *(types.intp,) * 4)
 
 
 class Work:
@@ -234,8 +246,9 @@ def compiled(dtype):
 
 
 @jit()
-def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
-    """Tasks t0..t1 of C = A @ B, for a (Pa, M, K) and bt (Pb, N, K) with any strides.
+def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
+    """Tasks t0..t1 of C = A @ B (+ bias, unless bias is empty), for a (Pa, M, K) and bt
+    (Pb, N, K) with any strides; the tile adds the bias as it starts C.
 
     Task t is a block of C: output matrix p, `rows` rows (a multiple of MR) by `cols`
     columns (a multiple of NR); the tasks of one column block are adjacent. For each run of
@@ -274,10 +287,11 @@ def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
                     for i0 in range(r0, r1, MR):
                         whole = i0 + MR <= M and j0 + nr <= N   # a whole tile goes straight into C
                         ci, add = c_p[i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0
+                        bj = bias[j0:j0 + nr] if k0 == 0 else bias[:0]
                         if not in_place:
-                            _tile_panel(ap[(i0 - r0) // MR, :kk], b_j, ci, add)
+                            _tile_panel(ap[(i0 - r0) // MR, :kk], b_j, ci, add, bj)
                         else:
-                            _tile(a_p[i0:i0 + MR] if i0 + MR <= M else edge[:, :kk], b_j, ci, add)
+                            _tile(a_p[i0:i0 + MR] if i0 + MR <= M else edge[:, :kk], b_j, ci, add, bj)
                         if not whole:                           # an edge goes via ct
                             for r in range(min(MR, M - i0)):
                                 for q in range(min(nr, N - j0)):
@@ -286,10 +300,10 @@ def _work(a, bt, c, ia, ib, rows, cols, t0, t1):
 
 
 @jit(parallel=True)
-def _work_parallel(work, a, bt, c, ia, ib, rows, cols, tasks, threads):
+def _work_parallel(work, a, bt, c, ia, ib, bias, rows, cols, tasks, threads):
     """`work` (`_work`) with the tasks split evenly over `threads` threads."""
     for s in prange(threads):
-        work(a, bt, c, ia, ib, rows, cols, s * tasks // threads, (s + 1) * tasks // threads)
+        work(a, bt, c, ia, ib, bias, rows, cols, s * tasks // threads, (s + 1) * tasks // threads)
 
 
 def _blocks(P, M, N, nr, threads):
@@ -333,15 +347,20 @@ def gemm(a, b):
     return _gemm(*_check("gemm", a, b))
 
 
-def _gemm(a, b, batch):
+def _gemm(a, b, batch, bias=None):
+    """a @ b (+ bias, a (N,) array of a's dtype, or None), by the Numba kernel."""
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     c = np.empty(batch + (M, N), a.dtype)
     if c.size == 0:
         return c
     if K == 0:
-        c[...] = 0
+        c[...] = 0 if bias is None else bias
         return c
     work = compiled(a.dtype)
+    nr = panel_width(a.dtype)
+    padded = np.zeros(0 if bias is None else -(-N // nr) * nr, a.dtype)   # whole panels: no tile reads past it
+    if bias is not None:
+        padded[:N] = bias
     a3 = a.reshape((-1, M, K))
     bt3 = np.swapaxes(b, -1, -2).reshape((-1, N, K))
     ia, ib = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
@@ -357,14 +376,16 @@ def _gemm(a, b, batch):
         parts = np.empty((S, M, N), a.dtype)
         ia = ib = np.arange(S)
         rows, cols = _blocks(S, M, N, panel_width(a.dtype), threads)
-        _work_parallel(work, a3, bt3, parts, ia, ib, rows, cols, S * -(-M // rows) * -(-N // cols), threads)
-        return np.sum(parts, axis=0, out=c)
+        _work_parallel(work, a3, bt3, parts, ia, ib, padded[:0], rows, cols, S * -(-M // rows) * -(-N // cols),
+                       threads)
+        np.sum(parts, axis=0, out=c)
+        return c if bias is None else np.add(c, bias, out=c)
     rows, cols = _blocks(P, M, N, panel_width(a.dtype), threads)
     tasks = P * -(-M // rows) * -(-N // cols)
     if threads > 1 and tasks > 1:
-        _work_parallel(work, a3, bt3, c3, ia, ib, rows, cols, tasks, min(threads, tasks))
+        _work_parallel(work, a3, bt3, c3, ia, ib, padded, rows, cols, tasks, min(threads, tasks))
     else:
-        _work(a3, bt3, c3, ia, ib, rows, cols, 0, tasks)
+        _work(a3, bt3, c3, ia, ib, padded, rows, cols, 0, tasks)
     return c
 
 
@@ -392,3 +413,19 @@ def matmul(a, b):
     if b.ndim > 2 and not b.flags.c_contiguous:   # np.matmul's batched loop is ~2x slower on views
         b = np.ascontiguousarray(b)
     return np.matmul(a, b)
+
+
+def linear(x, w, b=None):
+    """x @ w + b for x (R, K), w (K, N), b (N,) or None: a linear layer's forward. With gemm
+    (from GEMM_MIN_WORK multiply-adds up) the register tile starts each block of the output
+    at the bias, so the output is written once, instead of written and then read and written
+    again by a separate bias add; below that, np.matmul and `bias.add_bias`."""
+    x, w, b = checks.floats("linear", x=x, w=w) + [None] if b is None else checks.floats("linear", x=x, w=w, b=b)
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
+        raise ValueError(f"linear: need x (R, K) and w (K, N), got x {x.shape}, w {w.shape}")
+    if b is not None and b.shape != (w.shape[1],):
+        raise ValueError(f"linear: b must have shape ({w.shape[1]},), got {b.shape}")
+    if x.shape[0] * x.shape[1] * w.shape[1] >= GEMM_MIN_WORK:
+        return _gemm(x, w, (), b)
+    y = np.matmul(x, w)
+    return y if b is None else add_bias(y, b)

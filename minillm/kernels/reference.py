@@ -14,6 +14,14 @@ def matmul(a, b):
     return np.matmul(a, b)
 
 
+def linear(x, w, b=None):
+    """x @ w + b, b (N,) or None; all three promoted to their common dtype first."""
+    if b is None:
+        return np.matmul(x, w)
+    dt = np.result_type(x, w, b)
+    return np.matmul(x.astype(dt, copy=False), w.astype(dt, copy=False)) + b
+
+
 def causal_mask(shape):
     """The (Tq, Tk) mask of `causal=True` for x of `shape`: query i keeps key j when
     j <= i + (Tk - Tq), i.e. the last query sees every key (bottom-right aligned)."""
