@@ -161,16 +161,8 @@ def embedding(ids, weight):
         raise IndexError(f"embedding: token id {bad} is outside [0, {V}) (ids of shape {ids.shape})")
     w = _t(weight)
 
-    def vjp(g):
-        # Sum the rows of g that share an id. np.add.at would do it element by element (~3.5x
-        # slower at 2048 ids); sorting groups equal ids and np.add.reduceat sums each group in
-        # one call (in a different order than add.at: equal up to float rounding).
-        flat, dw = ids.reshape(-1), np.zeros_like(w.data)
-        if flat.size:
-            order = np.argsort(flat, kind="stable")
-            used, starts = np.unique(flat[order], return_index=True)
-            dw[used] = np.add.reduceat(g.reshape(-1, w.shape[-1])[order], starts, axis=0)
-        return (dw,)
+    def vjp(g):   # the rows of g summed by id (kernels.embedding_backward)
+        return (K.embedding_backward(ids, g, V),)
 
     return Tensor._op(w.data[ids], (w,), vjp)
 

@@ -189,6 +189,20 @@ def test_bias_add_and_row_sums_equal_numpy(shape, dtype, layout, seed):
     np.testing.assert_array_equal(got, want)       # one rounding per element either way
 
 
+@given(hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=30), st.integers(1, 40), st.integers(1, 9),
+       DTYPES, seeds)
+def test_embedding_backward_equals_numpy(id_shape, D, V, dtype, seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, V, id_shape)             # few ids: many repeats
+    g = rng.standard_normal(id_shape + (D,)).astype(dtype)
+    want = np.zeros((V, D), np.float64)
+    np.add.at(want, ids.reshape(-1), g.reshape(-1, D))   # element by element, in float64
+    for fn in (F.embedding_backward, R.embedding_backward, K.embedding_backward):
+        got = fn(ids, g, V)
+        assert got.dtype == dtype and got.shape == (V, D)
+        close(got, want.astype(dtype), scale=1 + np.abs(g).reshape(-1, D).sum(0), ulps=4 * (1 + ids.size))
+
+
 # ---------------------------------------------------------------- AdamW
 
 @given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=40), DTYPES, layouts,
@@ -374,6 +388,9 @@ def test_mixed_dtypes_promote_like_numpy():
     (lambda: F.linear(np.ones((2, 3)), np.ones((3, 5), int)), TypeError, ["linear", "w", "int"]),
     (lambda: F.add_bias(np.ones((3, 2)).T, np.ones(3)), ValueError, ["add_bias", "C-contiguous"]),
     (lambda: F.sum_rows(np.ones((2, 3), int)), TypeError, ["sum_rows", "int"]),
+    (lambda: F.embedding_backward(np.array([0, 3]), np.ones((2, 4)), 3), IndexError, ["embedding_backward", "[0, 3)", "0..3"]),
+    (lambda: F.embedding_backward(np.array([0, 1]), np.ones((3, 4)), 3), ValueError, ["embedding_backward", "(2,)", "(3, 4)"]),
+    (lambda: F.embedding_backward(np.array([0.0]), np.ones((1, 4)), 3), TypeError, ["embedding_backward", "ids", "float"]),
     (lambda: F.softmax(np.ones((2, 4)), out=np.ones((4, 2)).T), ValueError, ["softmax", "out", "C-contiguous"]),
     (lambda: F.gelu_backward(np.ones(3), np.ones(4)), ValueError, ["gelu_backward", "(3,)", "(4,)"]),
     (lambda: F.layer_norm(np.ones((2, 3)), np.ones(4), None, 1e-5), ValueError, ["layer_norm", "weight", "(4,)"]),

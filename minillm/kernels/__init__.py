@@ -92,6 +92,7 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
 
 def add_bias(y, b): return _impl().add_bias(y, b)
 def sum_rows(g): return _impl().sum_rows(g)
+def embedding_backward(ids, g, num_embeddings): return _impl().embedding_backward(ids, g, num_embeddings)
 
 
 def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):

@@ -1,14 +1,22 @@
 """The Numba backend: the same functions, signatures and results as `reference.py`.
 
-Each kernel lives in a file with one job: `gemm.py` (matrix products), `softmax_fused.py`
-(masked/causal softmax and log-softmax), `fused.py` (GELU, LayerNorm, cross-entropy),
-`attention.py` (multi-head attention fused per head), `bias.py` (a linear layer's bias, forward and backward), `adamw.py` (the optimiser update), `vmath.py` (a vectorisable exp), `threads.py` (thread policy and compile cache), and
-`checks.py` (argument checks and the dtype rule: float32/float64, mixed inputs promoted with
-np.result_type).
+Each kernel lives in a file with one job:
+  gemm.py           matrix products, and a linear layer's forward with its bias
+  softmax_fused.py  masked/causal softmax and log-softmax
+  fused.py          GELU, LayerNorm, cross-entropy
+  attention.py      multi-head attention fused per head
+  bias.py           a bias added to rows, and its gradient
+  embedding.py      an embedding table's gradient
+  adamw.py          the optimiser update
+  vmath.py          a vectorisable exp
+  threads.py        thread policy and compile cache
+  checks.py         argument checks and the dtype rule: float32/float64, mixed inputs
+                    promoted with np.result_type
 """
 from .adamw import adamw_update
 from .attention import attention_backward, attention_forward
 from .bias import add_bias, sum_rows
+from .embedding import embedding_backward
 from .fused import cross_entropy, cross_entropy_backward, gelu, gelu_backward, layer_norm, layer_norm_backward
 from .gemm import gemm, linear, matmul
 from .softmax_fused import log_softmax, log_softmax_backward, softmax, softmax_backward
@@ -16,4 +24,4 @@ from .softmax_fused import log_softmax, log_softmax_backward, softmax, softmax_b
 __all__ = ["matmul", "gemm", "linear", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
            "gelu", "gelu_backward", "layer_norm", "layer_norm_backward", "cross_entropy",
            "cross_entropy_backward", "adamw_update",
-           "attention_forward", "attention_backward", "add_bias", "sum_rows"]
+           "attention_forward", "attention_backward", "add_bias", "sum_rows", "embedding_backward"]
