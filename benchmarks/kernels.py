@@ -68,6 +68,8 @@ def kernel_table(F, R, rng):
     p, gy = R.attention_forward(q, k, v, 4, tril)[1], rng.standard_normal((16, 128, 128)).astype(f32)
     y2, bias = rng.standard_normal((2048, 512)).astype(f32), rng.standard_normal(512).astype(f32)
     adam = [rng.standard_normal(1 << 20).astype(f32) for _ in range(2)] + [np.zeros(1 << 20, f32) for _ in range(2)]
+    xl, wl = rng.standard_normal((2048, 128)).astype(f32), rng.standard_normal((128, 512)).astype(f32)
+    ids, ge = rng.integers(0, 256, (16, 256)), rng.standard_normal((16, 256, 256)).astype(f32)
     cases = [
         ("softmax (8,4,128,128)", lambda: F.softmax(att), lambda: R.softmax(att)),
         ("softmax masked (8,4,128,128)", lambda: F.softmax(att, tril), lambda: R.softmax(att, tril)),
@@ -95,6 +97,9 @@ def kernel_table(F, R, rng):
          lambda: R.attention_backward(q, k, v, 4, p, gy)),
         ("add_bias (2048,512) in place", lambda: F.add_bias(y2, bias), lambda: R.add_bias(y2, bias)),
         ("sum_rows (2048,512)", lambda: F.sum_rows(y2), lambda: R.sum_rows(y2)),
+        ("linear (2048,128) @ (128,512) + bias", lambda: F.linear(xl, wl, bias), lambda: R.linear(xl, wl, bias)),
+        ("embedding_backward 4096 ids, V=256, D=256", lambda: F.embedding_backward(ids, ge, 256),
+         lambda: R.embedding_backward(ids, ge, 256)),
         ("adamw_update 1M parameters", lambda: F.adamw_update(*adam, 1e-3, (0.9, 0.95), 1e-8, 0.1, 5),
          lambda: R.adamw_update(*adam, 1e-3, (0.9, 0.95), 1e-8, 0.1, 5)),
     ]
@@ -154,6 +159,8 @@ def startup_child():
         F.attention_backward(x, x, x, 2, p, x)
         F.add_bias(x.copy(), x[0, 0])
         F.sum_rows(x)
+        F.linear(x[0], x[0].T, x[0, :, 0])
+        F.embedding_backward(np.zeros(3, int), x[0], 2)
         F.adamw_update(x.copy(), x, x.copy(), x.copy() ** 2, 1e-3, (0.9, 0.99), 1e-8, 0.0, 1)
         times.append(time.perf_counter() - t1 - sum(times))
     print(f"import {t1 - t0:5.2f} s, first call of every kernel: float32 {times[0]:5.2f} s, then float64 {times[1]:5.2f} s")
