@@ -237,12 +237,12 @@ _compiled = {}
 def compiled(dtype):
     """The GEMM for `dtype` as a `Work` pointer, compiled (or loaded from the cache) on first
     use, one copy for every layout; attention.py calls it before compiling its kernels."""
-    dtype = np.dtype(dtype)
-    if dtype not in _compiled:
+    work = _compiled.get(dtype)
+    if work is None:
         work = Work(dtype)
         specialise(_work_parallel, types.none(work.type, *work.signature.args))
-        _compiled[dtype] = work
-    return _compiled[dtype]
+        _compiled[dtype] = _compiled[np.dtype(dtype)] = work
+    return work
 
 
 @jit()
@@ -356,8 +356,7 @@ def _gemm(a, b, batch, bias=None):
     if K == 0:
         c[...] = 0 if bias is None else bias
         return c
-    work = compiled(a.dtype)
-    nr = panel_width(a.dtype)
+    work, nr = compiled(a.dtype), panel_width(a.dtype)
     padded = np.zeros(0 if bias is None else -(-N // nr) * nr, a.dtype)   # whole panels: no tile reads past it
     if bias is not None:
         padded[:N] = bias
@@ -371,16 +370,16 @@ def _gemm(a, b, batch, bias=None):
         # part per thread, and add the partial products. Split by rows or columns instead,
         # every thread would pack all of one operand, and packing is most of the cost here.
         S = threads
-        a3 = np.lib.stride_tricks.as_strided(a3, (S, M, K // S), (a3.strides[2] * (K // S),) + a3.strides[1:])
-        bt3 = np.lib.stride_tricks.as_strided(bt3, (S, N, K // S), (bt3.strides[2] * (K // S),) + bt3.strides[1:])
+        a3 = a3.reshape(M, S, K // S).transpose(1, 0, 2)      # views: part s is k in [s K/S, (s+1) K/S)
+        bt3 = bt3.reshape(N, S, K // S).transpose(1, 0, 2)
         parts = np.empty((S, M, N), a.dtype)
         ia = ib = np.arange(S)
-        rows, cols = _blocks(S, M, N, panel_width(a.dtype), threads)
+        rows, cols = _blocks(S, M, N, nr, threads)
         _work_parallel(work, a3, bt3, parts, ia, ib, padded[:0], rows, cols, S * -(-M // rows) * -(-N // cols),
                        threads)
         np.sum(parts, axis=0, out=c)
         return c if bias is None else np.add(c, bias, out=c)
-    rows, cols = _blocks(P, M, N, panel_width(a.dtype), threads)
+    rows, cols = _blocks(P, M, N, nr, threads)
     tasks = P * -(-M // rows) * -(-N // cols)
     if threads > 1 and tasks > 1:
         _work_parallel(work, a3, bt3, c3, ia, ib, padded, rows, cols, tasks, min(threads, tasks))
