@@ -449,3 +449,33 @@ def test_jit_falls_back_without_a_cache(monkeypatch):
     def add(a, b):
         return a + b
     assert add(2, 3) == 5
+
+
+def test_512_bit_vectors_only_on_avx512_and_never_over_the_users_choice(monkeypatch):
+    import numba
+
+    from minillm.kernels import threads
+    host = "+sse2,+avx2,+avx512f,+fma"
+
+    class Features:
+        def __init__(self, text):
+            self.text = text
+
+        def flatten(self):
+            return self.text
+
+    monkeypatch.setattr(threads.binding, "get_host_cpu_features", lambda: Features(host))
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    monkeypatch.delenv("NUMBA_CPU_FEATURES", raising=False)
+    threads._prefer_512_bit_vectors()
+    assert numba.config.CPU_FEATURES == host + ",-prefer-256-bit"
+
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2")        # the user's choice stands
+    threads._prefer_512_bit_vectors()
+    assert numba.config.CPU_FEATURES is None
+
+    monkeypatch.delenv("NUMBA_CPU_FEATURES")
+    host = "+sse2,+avx2,+fma"                                 # no AVX-512: nothing to change
+    threads._prefer_512_bit_vectors()
+    assert numba.config.CPU_FEATURES is None

@@ -392,11 +392,13 @@ def matmul(a, b):
     """a @ b, checked like `gemm`: by `gemm` from GEMM_MIN_WORK multiply-adds up, by np.matmul
     (OpenBLAS) below, where its lower fixed cost wins (~2 us against ~8-20 us at 128 x 128 x 32).
 
-    Measured on the build machine (benchmarks/kernels.py, float32, quiet machine,
-    2026-11-28), `gemm` reached 0.78-1.01x of OpenBLAS's throughput on one thread at 128-1024
-    square, (2048, 256) @ (256, 1024) and the other shapes of a transformer layer (113-170
-    GFLOP/s), and 0.56-0.85x on batched attention shapes; on two threads 0.84-1.48x, and
-    1.3-1.75x on attention shapes (OpenBLAS runs a batch of small products one at a time).
+    Measured on the build machine (benchmarks/kernels.py, float32, 2026-11-29), `gemm`
+    reached 0.92-0.98x of OpenBLAS's throughput on one thread at 256-1024 square and
+    0.88-1.02x on (2048, 256) @ (256, 1024) and the other shapes of a transformer layer
+    (124-158 GFLOP/s), 0.80x at 128 square and 0.57-0.91x on batched attention shapes; on two
+    threads 0.89-1.15x, and 1.39-1.67x on attention shapes (OpenBLAS runs a batch of small
+    products one at a time). Against MKL (PyTorch's matmul, one thread, same process), the
+    forward and backward products of the small benchmark model's layers ran at 0.92x.
     Using one engine for every large product also keeps OpenBLAS's threads, which spin for a
     while after each call, from competing with Numba's for the cores (threads.py): the tiny
     training step at 2 threads went from 108 ms (OpenBLAS products) to 89 ms (gemm), before
