@@ -78,6 +78,10 @@ def test_gemm_tiles_exactly_on_integers():
     assert np.array_equal(F.matmul(a, b), a @ b)    # large enough for matmul to use gemm
     bt = rng.integers(-4, 5, (2, 1, 130, 530)).astype(np.float64).swapaxes(-1, -2)
     assert np.array_equal(F.gemm(a.astype(np.float64), bt), a @ bt)
+    for n in (32, 64):     # B of one or two whole panels is read in place, not packed
+        bn = np.ascontiguousarray(b[:, :n])
+        assert np.array_equal(F.gemm(a, bn), a @ bn)
+        assert np.array_equal(F.gemm(a, b[:, :n]), a @ b[:, :n])           # rows with a stride
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -137,7 +141,7 @@ def test_linear_adds_the_bias_once_on_integers():
 @st.composite
 def attention_case(draw):
     B, T, S = draw(st.integers(1, 3)), draw(st.integers(1, 40)), draw(st.integers(1, 40))
-    H, d = draw(st.integers(1, 3)), draw(st.sampled_from([1, 4, 8, 33]))
+    H, d = draw(st.integers(1, 3)), draw(st.sampled_from([1, 4, 8, 32, 33]))   # 32: whole panels
     kind = draw(st.sampled_from(["none", "causal", "random", "per-example"]))
     return B, T, S, H, d, kind, draw(st.booleans())
 

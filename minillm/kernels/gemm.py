@@ -66,6 +66,7 @@ VECTOR_BYTES = _vector_bytes()
 MR = 8          # rows of A per register tile
 NV = 2          # vectors of B per register tile: NR = NV * lanes columns (32 float32 with AVX-512)
 KC = 256        # depth of one pass over K
+B_IN_PLACE = 2  # B with at most this many panels of contiguous rows is read in place
 UNROLL = 4      # steps of k per trip of the tile's loop: fewer loop and address instructions per FMA
 ROWS = 96       # rows of A per task, at most: 12 panels, ~100 KiB of packed A in L2 at K = 256
 GEMM_MIN_WORK = 1 << 18   # multiply-adds from which `matmul` uses gemm: below, OpenBLAS runs on one thread
@@ -109,7 +110,7 @@ def _tile_code(panel, context, builder, sig, args):
     def vector(row, col):   # row[col:col + lanes] as a vector pointer
         return builder.bitcast(builder.gep(row, [col]), vty.as_pointer())
 
-    (a0, _), (c0, _) = strides(A), strides(C)
+    (a0, _), (b0, _), (c0, _) = strides(A), strides(B), strides(C)
     if panel:   # a[r, k] at data + k * MR + r: one pointer, constant offsets
         def a_at(r, k):
             return builder.gep(A.data, [builder.add(builder.mul(k, const(MR)), const(r))])
@@ -145,7 +146,7 @@ def _tile_code(panel, context, builder, sig, args):
                         builder.store(b, acc[r][v])
 
     def step(k):   # acc += outer product of a[:, k] and bp[k]: NV loads, MR broadcasts, MR * NV FMAs
-        b_k = builder.mul(k, const(NV * lanes))
+        b_k = builder.mul(k, b0)
         b = [builder.load(vector(B.data, builder.add(b_k, const(v * lanes))), align=size) for v in range(NV)]
         for r in range(MR):
             x = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.load(a_at(r, k)),
@@ -261,6 +262,10 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     K = a.shape[2]
     nr = NV * VECTOR_BYTES // c.itemsize
     in_place = a.strides[2] == a.itemsize
+    # B read in place, not packed: when it has at most B_IN_PLACE whole panels with contiguous
+    # rows (the per-head products of attention: P v, dS k, ...), packing would cost a large
+    # part of the product, and so few rows stay in L1 anyway
+    b_in_place = bt.strides[1] == bt.itemsize and N % nr == 0 and N <= B_IN_PLACE * nr
     row_blocks, col_blocks = (M + rows - 1) // rows, (N + cols - 1) // cols
     bp = np.empty((cols // nr, KC, nr), c.dtype)
     ap = np.empty((0 if in_place else rows // MR, KC, MR), c.dtype)
@@ -274,7 +279,8 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
         nb = (min(N, c0 + cols) - c0 + nr - 1) // nr
         for k0 in range(0, K, KC):
             k1 = min(K, k0 + KC)
-            _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], nr)
+            if not b_in_place:
+                _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], nr)
             a_p, c_p, kk = a[ia[p], :, k0:k1], c[p], k1 - k0     # views made once, not per tile
             for rb in range(t % row_blocks, t % row_blocks + run - t):
                 r0, r1 = rb * rows, min(M, rb * rows + rows)
@@ -283,7 +289,8 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
                 elif r1 == M and M % MR:
                     _copy(a_p[M - M % MR:], edge[:M % MR, :kk])
                 for j in range(nb):
-                    j0, b_j = c0 + j * nr, bp[j, :kk]
+                    j0 = c0 + j * nr
+                    b_j = bt[ib[p], j0:j0 + nr, k0:k1].T if b_in_place else bp[j, :kk]
                     for i0 in range(r0, r1, MR):
                         whole = i0 + MR <= M and j0 + nr <= N   # a whole tile goes straight into C
                         ci, add = c_p[i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0
