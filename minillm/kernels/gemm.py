@@ -22,7 +22,9 @@ How a fast GEMM is built (read from the inside out):
    nothing extra); the last panel is padded with zeros so every tile is a full tile. A is
    read in place when its rows are contiguous (the tile broadcasts single entries, so any
    row stride will do; `_tile`); otherwise it is packed into panels of MR rows too
-   (`_tile_panel`). Packing costs O(MK + KN) against the product's O(MNK).
+   (`_tile_panel`). Packing costs O(MK + KN) against the product's O(MNK). A B of at
+   most B_IN_PLACE whole panels with contiguous rows (attention's per-head P v, dS k, ...)
+   is read in place: there packing would be a large share of a small product.
 3. `_work` walks K in slices of KC: it packs the slice of a B block once (KC x NR values per
    panel: one panel stays in L1 while the tile sweeps the rows of A, which stay in L2) and
    multiplies every row block of its tasks by it, adding each tile into C (the first slice
