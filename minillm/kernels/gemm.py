@@ -259,7 +259,8 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     (cols * KC values: it stays in L2) and every row block of the run is multiplied by it.
     A with contiguous rows is read in place, MR rows at a time (the last M % MR rows from a
     zero-padded copy); any other A, such as the transposed activations of a weight gradient,
-    is packed into panels of MR rows, laid out k-major, as B is."""
+    is packed into panels of MR rows, laid out k-major, as B is. A small B with contiguous
+    rows is read in place (`b_in_place`)."""
     P, M, N = c.shape
     K = a.shape[2]
     nr = NV * VECTOR_BYTES // c.itemsize
@@ -296,11 +297,11 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
                     for i0 in range(r0, r1, MR):
                         whole = i0 + MR <= M and j0 + nr <= N   # a whole tile goes straight into C
                         ci, add = c_p[i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0
-                        bj = bias[j0:j0 + nr] if k0 == 0 else bias[:0]
+                        bias_j = bias[j0:j0 + nr] if k0 == 0 else bias[:0]   # the bias starts C, once
                         if not in_place:
-                            _tile_panel(ap[(i0 - r0) // MR, :kk], b_j, ci, add, bj)
+                            _tile_panel(ap[(i0 - r0) // MR, :kk], b_j, ci, add, bias_j)
                         else:
-                            _tile(a_p[i0:i0 + MR] if i0 + MR <= M else edge[:, :kk], b_j, ci, add, bj)
+                            _tile(a_p[i0:i0 + MR] if i0 + MR <= M else edge[:, :kk], b_j, ci, add, bias_j)
                         if not whole:                           # an edge goes via ct
                             for r in range(min(MR, M - i0)):
                                 for q in range(min(nr, N - j0)):
