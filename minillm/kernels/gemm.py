@@ -12,8 +12,8 @@ How a fast GEMM is built (read from the inside out):
    variables, LLVM vectorises along k instead and spills (~13 GFLOP/s); and its default tuning
    for this CPU family keeps auto-vectorised loops at 256-bit vectors. So `_tile` is a Numba
    intrinsic that writes those few LLVM vector instructions itself (`_tile_code`). Its loop
-   is unrolled 4 steps of k, and every address in it is a base register plus a constant:
-   per 64 FMAs, 8 loads of B, 32 broadcasts of A and 4 loop instructions. That took the
+   is unrolled 4 steps of k, and A's entries are addressed as base registers plus constants:
+   per 64 FMAs, 8 loads of B, 32 broadcasts of A and a few loop instructions. That took the
    products of a transformer layer from 0.82-0.83x to 0.88-0.90x of MKL's speed on one
    thread (PyTorch's matmul, in the same process; `_tile` before walked one pointer down
    A's rows with an add per row and step).
@@ -91,9 +91,9 @@ def _make_tile(panel):
 def _tile_code(panel, context, builder, sig, args):
     """LLVM code for c[:, :] = a @ bp (add=False) or c[:, :] += a @ bp (add=True), plus bias
     (NR values, added to every row) when add is False and bias is not empty; with bp
-    (K, NR) a C-contiguous packed panel, c (MR, NR) with contiguous rows, and a either (MR, K)
-    with contiguous rows (any row stride), or (panel=True) a C-contiguous packed panel
-    (K, MR), i.e. a^T."""
+    (K, NR) and c (MR, NR) with contiguous rows (bp: a packed panel, or B read in place), and
+    a either (MR, K) with contiguous rows, or (panel=True) a C-contiguous packed panel
+    (K, MR), i.e. a^T. Row strides may be anything."""
     A, B, C = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
     fty = context.get_value_type(sig.args[0].dtype)
     size = context.get_abi_sizeof(fty)
@@ -431,7 +431,10 @@ def linear(x, w, b=None):
     (from GEMM_MIN_WORK multiply-adds up) the register tile starts each block of the output
     at the bias, so the output is written once, instead of written and then read and written
     again by a separate bias add; below that, np.matmul and `bias.add_bias`."""
-    x, w, b = checks.floats("linear", x=x, w=w) + [None] if b is None else checks.floats("linear", x=x, w=w, b=b)
+    if b is None:
+        x, w = checks.floats("linear", x=x, w=w)
+    else:
+        x, w, b = checks.floats("linear", x=x, w=w, b=b)
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
         raise ValueError(f"linear: need x (R, K) and w (K, N), got x {x.shape}, w {w.shape}")
     if b is not None and b.shape != (w.shape[1],):
