@@ -43,7 +43,7 @@ layouts = st.integers(0, 2)
 @st.composite
 def matmul_shapes(draw):
     """Batch dims that broadcast (each side may drop or 1 a dim), and M, K, N around the
-    register tile (8 rows, 16 or 32 columns), a task's 96 rows and the K slice of 256,
+    register tiles (6 rows; 32 or 64 columns in float32, 16 or 32 in float64), a task's 96 rows and the K slice of 256,
     including 0 and 1."""
     batch = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=3))
     dims = st.one_of(st.integers(0, 9), st.integers(28, 36), st.integers(60, 70), st.integers(94, 98))
@@ -69,8 +69,8 @@ def test_gemm_equals_numpy(shapes, da, db, la, lb, seed):
 
 def test_gemm_tiles_exactly_on_integers():
     # integer-valued floats make every partial sum exact: any indexing slip shows up as != .
-    # Shapes cross every edge: 67 rows = 8 tiles + 3, 130 columns = 4 panels + 2, K = 530 =
-    # three slices of 256; a broadcast batch and a transposed view take the other paths.
+    # Shapes cross every edge: 67 rows = 11 tiles + 1, 130 columns = 2 panels of 64 + 2, K =
+    # 530 = three slices of 256; a broadcast batch and a transposed view take the other paths.
     rng = np.random.default_rng(0)
     a = rng.integers(-4, 5, (3, 67, 530)).astype(np.float32)
     b = rng.integers(-4, 5, (530, 130)).astype(np.float32)
@@ -78,10 +78,14 @@ def test_gemm_tiles_exactly_on_integers():
     assert np.array_equal(F.matmul(a, b), a @ b)    # large enough for matmul to use gemm
     bt = rng.integers(-4, 5, (2, 1, 130, 530)).astype(np.float64).swapaxes(-1, -2)
     assert np.array_equal(F.gemm(a.astype(np.float64), bt), a @ bt)
-    for n in (32, 64):     # B of one or two whole panels is read in place, not packed
-        bn = np.ascontiguousarray(b[:, :n])
-        assert np.array_equal(F.gemm(a, bn), a @ bn)
-        assert np.array_equal(F.gemm(a, b[:, :n]), a @ b[:, :n])           # rows with a stride
+    for dtype in (np.float32, np.float64):
+        # narrow tile (N <= 32 float32, 16 float64) and wide; B of one or two whole panels is
+        # read in place, not packed; 33 and 17 are the first widths past the narrow tile
+        an, bd = a.astype(dtype), b.astype(dtype)
+        for n in (16, 17, 32, 33, 64, 128):
+            bn = np.ascontiguousarray(bd[:, :n])
+            assert np.array_equal(F.gemm(an, bn), an @ bn)
+            assert np.array_equal(F.gemm(an, bd[:, :n]), an @ bn)   # rows with a stride
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -141,7 +141,7 @@ BACKWARD = "F r3 r3 r3 r3 r3 i R4 r4 R4 b f r3 r3 P W3 r3 W3 W3 W3"
 
 def _plan(M, N, dtype):
     """(rows, cols, tasks) of one head's (M, N) product, run on one thread."""
-    rows, cols = _blocks(1, M, N, panel_width(dtype), 1)
+    rows, cols = _blocks(1, M, N, panel_width(dtype, N), 1)
     return (rows, cols, -(-M // rows) * -(-N // cols))
 
 

@@ -2,21 +2,24 @@
 
 How a fast GEMM is built (read from the inside out):
 
-1. The register tile `_tile` computes an MR x NR block of C (8 x 32 in float32 with
+1. The register tile `_tile` computes an MR x NR block of C (6 x 64 in float32 with
    AVX-512) as a sum of K outer products: at each step k it loads NV vectors of B's row k,
    broadcasts each of A's MR entries of column k, and issues MR * NV fused multiply-adds into
-   MR * NV vector accumulators that stay in registers for the whole loop. That is 16 FMAs
-   per 10 loads, so the FMA units, not memory, set the pace.
-   Numba cannot say "keep these 16 vectors in registers": written as Python loops over an
+   MR * NV vector accumulators that stay in registers for the whole loop. That is 24 FMAs
+   per 10 loads, so the FMA units, not memory, set the pace; with the 4 B vectors and a
+   broadcast, 29 of the 32 vector registers are in use.
+   Numba cannot say "keep these 24 vectors in registers": written as Python loops over an
    accumulator array, the accumulators live in memory (~10 GFLOP/s here); written as scalar
    variables, LLVM vectorises along k instead and spills (~13 GFLOP/s); and its default tuning
    for this CPU family keeps auto-vectorised loops at 256-bit vectors. So `_tile` is a Numba
    intrinsic that writes those few LLVM vector instructions itself (`_tile_code`). Its loop
-   is unrolled 4 steps of k, and A's entries are addressed as base registers plus constants:
-   per 64 FMAs, 8 loads of B, 32 broadcasts of A and a few loop instructions. That took the
-   products of a transformer layer from 0.82-0.83x to 0.88-0.90x of MKL's speed on one
-   thread (PyTorch's matmul, in the same process; `_tile` before walked one pointer down
-   A's rows with an add per row and step).
+   is unrolled 4 steps of k, and A's entries are addressed as base registers plus constants.
+   Measured on the products of the small benchmark model's layers, one thread, against MKL
+   (PyTorch's matmul, same process): 0.82x with an 8 x 32 tile walking one pointer down A's
+   rows, 0.88-0.92x with the unrolled, base-plus-constant 8 x 32 tile, 0.93-0.96x with
+   6 x 64 (tried too: 12 x 32 0.91x, 5 x 64 0.90x, 8 x 48 0.85x, 7 x 64 0.81x, 4 x 64 0.82x).
+   A B of at most 32 columns (attention's per-head products with 32-wide heads) would
+   waste half of a 64-wide tile, so it gets the narrow tile, 6 x 32 (`_tile_narrow`).
 2. Packing (`_pack`) copies B into panels of NR columns laid out k-major, so the tile reads
    each row of a panel with vector loads whatever B's strides (a transposed view costs
    nothing extra); the last panel is padded with zeros so every tile is a full tile. A is
@@ -65,30 +68,34 @@ def _vector_bytes():
 
 
 VECTOR_BYTES = _vector_bytes()
-MR = 8          # rows of A per register tile
-NV = 2          # vectors of B per register tile: NR = NV * lanes columns (32 float32 with AVX-512)
+MR = 6          # rows of A per register tile
+NV = 4          # vectors of B per register tile: NR = NV * lanes columns (64 float32 with AVX-512)
+NV_NARROW = 2   # ... for B of at most half as many columns (attention's per-head products)
 KC = 256        # depth of one pass over K
 B_IN_PLACE = 2  # B with at most this many panels of contiguous rows is read in place
 UNROLL = 4      # steps of k per trip of the tile's loop: fewer loop and address instructions per FMA
-ROWS = 96       # rows of A per task, at most: 12 panels, ~100 KiB of packed A in L2 at K = 256
+ROWS = 96       # rows of A per task, at most: 16 panels, ~100 KiB of packed A in L2 at K = 256
 GEMM_MIN_WORK = 1 << 18   # multiply-adds from which `matmul` uses gemm: below, OpenBLAS runs on one thread
 PARALLEL_WORK = 1 << 20   # multiply-adds per thread below which a thread is not worth waking
 
 
-def panel_width(dtype):
-    """NR: the columns of one B panel for this dtype."""
-    return NV * VECTOR_BYTES // np.dtype(dtype).itemsize
+def panel_width(dtype, n=None):
+    """NR: the columns of one B panel for this dtype, and for a B of n columns: the narrow
+    tile's when n fits in it (a wide tile would waste half its work or more)."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    return NV_NARROW * lanes if n is not None and n <= NV_NARROW * lanes else NV * lanes
 
 
-def _make_tile(panel):
-    """The register tile as a Numba intrinsic, for A in rows (panel=False) or in a panel."""
+def _make_tile(panel, nv):
+    """The register tile as a Numba intrinsic, for A in rows (panel=False) or in a panel,
+    with nv vectors of B per row."""
     @intrinsic
     def tile(typingctx, a, bp, c, add, bias):
-        return types.none(a, bp, c, add, bias), functools.partial(_tile_code, panel)
+        return types.none(a, bp, c, add, bias), functools.partial(_tile_code, panel, nv)
     return tile
 
 
-def _tile_code(panel, context, builder, sig, args):
+def _tile_code(panel, NV, context, builder, sig, args):
     """LLVM code for c[:, :] = a @ bp (add=False) or c[:, :] += a @ bp (add=True), plus bias
     (NR values, added to every row) when add is False and bias is not empty; with bp
     (K, NR) and c (MR, NR) with contiguous rows (bp: a packed panel, or B read in place), and
@@ -171,7 +178,8 @@ def _tile_code(panel, context, builder, sig, args):
     return context.get_dummy_value()
 
 
-_tile, _tile_panel = _make_tile(False), _make_tile(True)
+_tile, _tile_panel = _make_tile(False, NV), _make_tile(True, NV)
+_tile_narrow, _tile_panel_narrow = _make_tile(False, NV_NARROW), _make_tile(True, NV_NARROW)
 
 
 @jit()
@@ -263,7 +271,9 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     rows is read in place (`b_in_place`)."""
     P, M, N = c.shape
     K = a.shape[2]
-    nr = NV * VECTOR_BYTES // c.itemsize
+    lanes = VECTOR_BYTES // c.itemsize
+    narrow = N <= NV_NARROW * lanes   # the narrow tile: as `panel_width`
+    nr = NV_NARROW * lanes if narrow else NV * lanes
     in_place = a.strides[2] == a.itemsize
     # B read in place, not packed: when it has at most B_IN_PLACE whole panels with contiguous
     # rows (the per-head products of attention: P v, dS k, ...), packing would cost a large
@@ -282,8 +292,12 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
         nb = (min(N, c0 + cols) - c0 + nr - 1) // nr
         for k0 in range(0, K, KC):
             k1 = min(K, k0 + KC)
-            if not b_in_place:
-                _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], nr)
+            if b_in_place:
+                pass
+            elif narrow:   # nr as a constant in each call, so that `_pack` unrolls its inner loop
+                _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], NV_NARROW * VECTOR_BYTES // c.itemsize)
+            else:
+                _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], NV * VECTOR_BYTES // c.itemsize)
             a_p, c_p, kk = a[ia[p], :, k0:k1], c[p], k1 - k0     # views made once, not per tile
             for rb in range(t % row_blocks, t % row_blocks + run - t):
                 r0, r1 = rb * rows, min(M, rb * rows + rows)
@@ -299,9 +313,17 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
                         ci, add = c_p[i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0
                         bias_j = bias[j0:j0 + nr] if k0 == 0 else bias[:0]   # the bias starts C, once
                         if not in_place:
-                            _tile_panel(ap[(i0 - r0) // MR, :kk], b_j, ci, add, bias_j)
+                            a_i = ap[(i0 - r0) // MR, :kk]
+                            if narrow:
+                                _tile_panel_narrow(a_i, b_j, ci, add, bias_j)
+                            else:
+                                _tile_panel(a_i, b_j, ci, add, bias_j)
                         else:
-                            _tile(a_p[i0:i0 + MR] if i0 + MR <= M else edge[:, :kk], b_j, ci, add, bias_j)
+                            a_i = a_p[i0:i0 + MR] if i0 + MR <= M else edge[:, :kk]
+                            if narrow:
+                                _tile_narrow(a_i, b_j, ci, add, bias_j)
+                            else:
+                                _tile(a_i, b_j, ci, add, bias_j)
                         if not whole:                           # an edge goes via ct
                             for r in range(min(MR, M - i0)):
                                 for q in range(min(nr, N - j0)):
@@ -366,7 +388,7 @@ def _gemm(a, b, batch, bias=None):
     if K == 0:
         c[...] = 0 if bias is None else bias
         return c
-    work, nr = compiled(a.dtype), panel_width(a.dtype)
+    work, nr = compiled(a.dtype), panel_width(a.dtype, N)
     padded = np.zeros(0 if bias is None else -(-N // nr) * nr, a.dtype)   # whole panels: no tile reads past it
     if bias is not None:
         padded[:N] = bias
