@@ -25,11 +25,13 @@ How a fast GEMM is built (read from the inside out):
    nothing extra); the last panel is padded with zeros so every tile is a full tile. A is
    read in place when its rows are contiguous (the tile broadcasts single entries, so any
    row stride will do; `_tile`); otherwise it is packed into panels of MR rows too
-   (`_tile_panel`). Packing costs O(MK + KN) against the product's O(MNK). A B of at
+   (`_tile_panel`), unless its columns are contiguous, as in a weight gradient x^T @ dy:
+   then MR rows of A are a panel already, with x's row stride (weight gradients of the tiny
+   model's 128-wide layers: 0.81-0.86x -> 0.89-0.95x of MKL). Packing costs O(MK + KN) against the product's O(MNK). A B of at
    most B_IN_PLACE whole panels with contiguous rows (attention's per-head P v, dS k, ...)
    is read in place: there packing would be a large share of a small product.
 3. `_work` walks K in slices of KC: it packs the slice of a B block once (KC x NR values per
-   panel: one panel stays in L1 while the tile sweeps the rows of A, which stay in L2) and
+   panel: one panel stays in L1 or L2 while the tile sweeps the rows of A, which stay in L2) and
    multiplies every row block of its tasks by it, adding each tile into C (the first slice
    writes C, the others add to it). Tasks are blocks of C, split evenly over the threads
    (`_work_parallel`; blocks of rows, and of columns too when rows alone leave a thread
@@ -99,8 +101,9 @@ def _tile_code(panel, NV, context, builder, sig, args):
     """LLVM code for c[:, :] = a @ bp (add=False) or c[:, :] += a @ bp (add=True), plus bias
     (NR values, added to every row) when add is False and bias is not empty; with bp
     (K, NR) and c (MR, NR) with contiguous rows (bp: a packed panel, or B read in place), and
-    a either (MR, K) with contiguous rows, or (panel=True) a C-contiguous packed panel
-    (K, MR), i.e. a^T. Row strides may be anything."""
+    a either (MR, K) with contiguous rows, or (panel=True) a^T, (K, MR) with contiguous rows:
+    a packed panel, or MR columns of a weight gradient's x read in place. Row strides may be
+    anything."""
     A, B, C = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
     fty = context.get_value_type(sig.args[0].dtype)
     size = context.get_abi_sizeof(fty)
@@ -120,9 +123,9 @@ def _tile_code(panel, NV, context, builder, sig, args):
         return builder.bitcast(builder.gep(row, [col]), vty.as_pointer())
 
     (a0, _), (b0, _), (c0, _) = strides(A), strides(B), strides(C)
-    if panel:   # a[r, k] at data + k * MR + r: one pointer, constant offsets
+    if panel:   # a[r, k] at data + k * a0 + r: one pointer, constant offsets per step of k
         def a_at(r, k):
-            return builder.gep(A.data, [builder.add(builder.mul(k, const(MR)), const(r))])
+            return builder.gep(A.data, [builder.add(builder.mul(k, a0), const(r))])
     else:
         # one pointer per row of a, each passed through an empty asm statement so that LLVM
         # cannot see they are a stride apart: it then keeps MR base registers and addresses
@@ -275,13 +278,18 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     narrow = N <= NV_NARROW * lanes   # the narrow tile: as `panel_width`
     nr = NV_NARROW * lanes if narrow else NV * lanes
     in_place = a.strides[2] == a.itemsize
+    # A with contiguous columns (x^T in a weight gradient x^T @ dy): MR of its rows are already
+    # a panel, k-major with x's row stride; only a last partial panel is packed (padded). Not
+    # from a stride of 2 KiB up: the panel's K rows then fall in a few sets of the L1 cache,
+    # and packing is faster (weight gradients with 512 or 1024 inputs, measured)
+    panels_in_place = not in_place and a.strides[1] == a.itemsize and a.strides[2] < 2048
     # B read in place, not packed: when it has at most B_IN_PLACE whole panels with contiguous
     # rows (the per-head products of attention: P v, dS k, ...), packing would cost a large
     # part of the product, and so few rows stay in L1 anyway
     b_in_place = bt.strides[1] == bt.itemsize and N % nr == 0 and N <= B_IN_PLACE * nr
     row_blocks, col_blocks = (M + rows - 1) // rows, (N + cols - 1) // cols
     bp = np.empty((cols // nr, KC, nr), c.dtype)
-    ap = np.empty((0 if in_place else rows // MR, KC, MR), c.dtype)
+    ap = np.empty((0 if in_place else 1 if panels_in_place else rows // MR, KC, MR), c.dtype)
     edge = np.zeros((MR, KC), c.dtype)
     ct = np.empty((MR, nr), c.dtype)
     t = t0
@@ -301,7 +309,10 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
             a_p, c_p, kk = a[ia[p], :, k0:k1], c[p], k1 - k0     # views made once, not per tile
             for rb in range(t % row_blocks, t % row_blocks + run - t):
                 r0, r1 = rb * rows, min(M, rb * rows + rows)
-                if not in_place:
+                if panels_in_place:
+                    if r1 == M and M % MR:
+                        _pack(a_p[M - M % MR:], ap[:1, :kk], MR)
+                elif not in_place:
                     _pack(a_p[r0:r1], ap[:(r1 - r0 + MR - 1) // MR, :kk], MR)
                 elif r1 == M and M % MR:
                     _copy(a_p[M - M % MR:], edge[:M % MR, :kk])
@@ -313,7 +324,10 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
                         ci, add = c_p[i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0
                         bias_j = bias[j0:j0 + nr] if k0 == 0 else bias[:0]   # the bias starts C, once
                         if not in_place:
-                            a_i = ap[(i0 - r0) // MR, :kk]
+                            if panels_in_place and i0 + MR <= M:
+                                a_i = a_p[i0:i0 + MR].T
+                            else:
+                                a_i = ap[0 if panels_in_place else (i0 - r0) // MR, :kk]
                             if narrow:
                                 _tile_panel_narrow(a_i, b_j, ci, add, bias_j)
                             else:
