@@ -144,9 +144,12 @@ def test_linear_adds_the_bias_once_on_integers():
 
 @st.composite
 def attention_case(draw):
-    B, T, S = draw(st.integers(1, 3)), draw(st.integers(1, 40)), draw(st.integers(1, 40))
-    H, d = draw(st.integers(1, 3)), draw(st.sampled_from([1, 4, 8, 32, 33]))   # 32: whole panels
-    kind = draw(st.sampled_from(["none", "causal", "random", "per-example"]))
+    # up to 40 rows: one block of the kernel's 48; 90-110: two or three blocks, which masks
+    # with row ends (causal, prefix, ragged) let the kernel skip in part
+    sizes = st.one_of(st.integers(1, 40), st.integers(90, 110))
+    B, T, S = draw(st.integers(1, 3)), draw(sizes), draw(sizes)
+    H, d = draw(st.integers(1, 2)), draw(st.sampled_from([1, 4, 8, 32, 33]))   # 32: whole panels
+    kind = draw(st.sampled_from(["none", "causal", "prefix", "ragged", "random", "per-example"]))
     return B, T, S, H, d, kind, draw(st.booleans())
 
 
@@ -158,7 +161,10 @@ def test_attention_equals_numpy(case, dtype, seed):
     # q, k, v as column blocks of one wider array, as a fused qkv projection makes them
     qkv = rng.standard_normal((B, max(T, S), 3 * D)).astype(dtype)
     q, k, v = qkv[:, :T, :D], qkv[:, :S, D:2 * D], qkv[:, :S, 2 * D:]
+    ends = rng.integers(0, S + 1, (B, 1, T, 1))            # ragged: row i keeps columns < its end (0: none)
     mask = {"none": None, "causal": np.tri(T, S, S - T, dtype=bool),
+            "prefix": np.tri(T, S, S - T, dtype=bool) | (np.arange(S) < rng.integers(0, S + 1)),
+            "ragged": np.arange(S) < ends,
             "random": rng.random((T, S)) < 0.7, "per-example": rng.random((B, 1, T, S)) < 0.5}[kind]
     keep = ((rng.random((B, H, T, S)) >= 0.25) / 0.75).astype(dtype) if dropout else None
     gy = rng.standard_normal((B, T, D)).astype(dtype)
@@ -171,6 +177,30 @@ def test_attention_equals_numpy(case, dtype, seed):
     big = 1 + np.abs(qkv).max() ** 2 * np.abs(gy).max() * S * d
     for got, ref in zip(grads, want):
         close(got, ref, scale=big)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_blocks_past_the_mask_are_skipped_exactly(dtype):
+    # Rows 0-47 keep every column, rows 48-95 only the first 5, rows 96-109 all again: the
+    # kernel computes only columns < 5 for the middle block, and its scratch for dS must
+    # read as 0 past them when the key blocks' products sum over every query block. The
+    # scratch is allocated fresh; NaNs freed just before make stale memory show up.
+    rng = np.random.default_rng(3)
+    B, T, H, d = 2, 110, 2, 8
+    q, k, v, gy = (rng.standard_normal((B, T, H * d)).astype(dtype) for _ in range(4))
+    mask = np.ones((T, T), bool)
+    mask[48:96, 5:] = False
+    for m in (mask, np.tri(T, dtype=bool)):
+        y, p = F.attention_forward(q, k, v, H, m)
+        ry, rp = R.attention_forward(q, k, v, H, m)
+        assert np.all(p[..., 48:96, 5:] == 0) if m is mask else np.all(np.triu(p, 1) == 0)
+        close(p, rp, scale=1)
+        close(y, ry, scale=1 + np.abs(v).max() * T)
+        del y
+        stale = np.full((B, H, T, T), np.nan, dtype)    # freed: the kernel's scratch may reuse it
+        del stale
+        for got, ref in zip(F.attention_backward(q, k, v, H, p, gy), R.attention_backward(q, k, v, H, rp, gy)):
+            close(got, ref, scale=1 + 16 * T * d)
 
 
 def test_attention_bad_input_is_a_clear_error():

@@ -102,7 +102,7 @@ def specialise(fn, signature):
         try:
             fn.compile(signature)
         finally:
-            fn.disable_compile(True)
+            fn.disable_compile(bool(fn.overloads))   # after a failed compile: the error, not an assertion
     return fn
 
 
