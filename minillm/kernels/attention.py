@@ -4,7 +4,7 @@ q (B, T, D), k and v (B, S, D) hold n_heads heads of d = D / n_heads columns eac
 of batch row b is the column block h*d:(h+1)*d of each, a (T, d) view with contiguous rows,
 which `gemm`'s tile reads in place: no head is copied out and no output copied back.
 For each (b, h), on all threads (`prange` over the B * H heads), with gemm's `_work` for the
-products (passed in as a function pointer, `gemm.Work`):
+products (passed in as a function pointer, `gemm.compiled`):
 
     forward    P = softmax(c q k^T, mask)        into P[b, h], then, while it is in cache,
                Y = P' v                          into Y's columns of head h
@@ -38,7 +38,7 @@ from numba import prange, types
 from . import checks
 from .gemm import MR, NV, ROWS, VECTOR_BYTES, compiled, signature
 from .softmax_fused import _row_exp, _row_max
-from .threads import jit, specialise
+from .threads import Pointer, jit, specialise
 
 
 RB = 8 * MR   # query (and key) rows per block: whole register tiles of gemm
@@ -157,68 +157,93 @@ def _key_run(ends, j0, S, width):
 # there: each np.transpose / ufunc instance used in compiled code is one more function for
 # Numba to compile (seconds in all), so the transposed views come from Python.
 
-@jit(parallel=True)
-def _forward(work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch):
+@jit()
+def _forward_head(work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch, bh):
+    """The forward of head h of batch row b, bh = b * H + h (serial: `_forward` runs the heads
+    in parallel). ends[m]: 1 + the last column mask row m keeps."""
     B, T, D = q.shape
     S, d = k.shape[1], D // H
-    for bh in prange(B * H):
-        b, h = bh // H, bh % H
-        lo, hi = h * d, h * d + d
-        needs = np.empty(-(-T // RB), np.intp)        # per block of query rows: past column n all is masked
-        for r in range(needs.size):
-            needs[r] = _rows_end(ends, idx, bh * T + r * RB, bh * T + min(T, r * RB + RB))
-        j0 = 0
-        while j0 < S:                                 # scores, by blocks of keys, for the query blocks reaching them
-            i0, j1 = _key_run(needs, j0, S, KB)
-            _product(work, q[b:b + 1, i0:, lo:hi], k[b:b + 1, j0:j1, lo:hi], p[b, h:h + 1, i0:, j0:j1])
-            j0 = j1
-        for r0 in range(0, T, RB):                    # softmax and Y by blocks of query rows
-            r1, n = min(T, r0 + RB), needs[r0 // RB]
-            ph = p[b, h:h + 1, r0:r1, :n]
-            _softmax_rows(p[b, h, r0:r1], n, rows, idx, bh * T + r0, c)                     # P
-            if dropout:
-                _times(p[b, h, r0:r1], keep[b, h, r0:r1], scratch[bh, r0:r1], n)
-                ph = scratch[bh:bh + 1, r0:r1, :n]
-            _product(work, ph, vT[b:b + 1, lo:hi, :n], y[b:b + 1, r0:r1, lo:hi])             # Y = P' v
+    b, h = bh // H, bh % H
+    lo, hi = h * d, h * d + d
+    needs = np.empty(-(-T // RB), np.intp)        # per block of query rows: past column n all is masked
+    for r in range(needs.size):
+        needs[r] = _rows_end(ends, idx, bh * T + r * RB, bh * T + min(T, r * RB + RB))
+    j0 = 0
+    while j0 < S:                                 # scores, by blocks of keys, for the query blocks reaching them
+        i0, j1 = _key_run(needs, j0, S, KB)
+        _product(work, q[b:b + 1, i0:, lo:hi], k[b:b + 1, j0:j1, lo:hi], p[b, h:h + 1, i0:, j0:j1])
+        j0 = j1
+    for r0 in range(0, T, RB):                    # softmax and Y by blocks of query rows
+        r1, n = min(T, r0 + RB), needs[r0 // RB]
+        ph = p[b, h:h + 1, r0:r1, :n]
+        _softmax_rows(p[b, h, r0:r1], n, rows, idx, bh * T + r0, c)                     # P
+        if dropout:
+            _times(p[b, h, r0:r1], keep[b, h, r0:r1], scratch[bh, r0:r1], n)
+            ph = scratch[bh:bh + 1, r0:r1, :n]
+        _product(work, ph, vT[b:b + 1, lo:hi, :n], y[b:b + 1, r0:r1, lo:hi])             # Y = P' v
 
 
-@jit(parallel=True)
-def _backward(work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, ds, dsT, dq, dk, dv):
+@jit()
+def _backward_head(work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, ds, dsT, dq, dk, dv, bh):
+    """The backward of head bh = b * H + h (serial), into dq, dk, dv; ds, a scratch."""
     B, T, D = q.shape
     S, d = k.shape[1], D // H
     blocks = -(-T // RB)
-    for bh in prange(B * H):
-        b, h = bh // H, bh % H
-        lo, hi = h * d, h * d + d
-        ends = np.empty(blocks, np.intp)
-        for r in range(blocks):                       # per block of query rows: P = 0 past column n, so dS = 0
-            ends[r] = _nonzero_end(p[b, h, r * RB:min(T, r * RB + RB)])
-        j0 = 0
-        while j0 < S:                                 # dP = dY v^T, by blocks of keys, as the scores
-            i0, j1 = _key_run(ends, j0, S, KB)
-            _product(work, gy[b:b + 1, i0:, lo:hi], v[b:b + 1, j0:j1, lo:hi], ds[bh:bh + 1, i0:, j0:j1])
-            j0 = j1
-        for r in range(blocks):                       # dS and dQ by blocks of query rows
-            r0, r1, n = r * RB, min(T, r * RB + RB), ends[r]
-            dsh = ds[bh:bh + 1, r0:r1, :n]
-            if dropout:
-                _times(ds[bh, r0:r1], keep[b, h, r0:r1], ds[bh, r0:r1], n)
-            _softmax_backward_rows(p[b, h, r0:r1], ds[bh, r0:r1], n, c)                     # dS
-            _product(work, dsh, kT[b:b + 1, lo:hi, :n], dq[b:b + 1, r0:r1, lo:hi])          # dQ = dS k
-        j0 = 0
-        while j0 < S:                                 # dK = dS^T q, by blocks of keys, from the first query block reaching them
-            i0, j1 = _key_run(ends, j0, S, RB)
-            _product(work, dsT[bh:bh + 1, j0:j1, i0:], qT[b:b + 1, lo:hi, i0:], dk[b:b + 1, j0:j1, lo:hi])
-            j0 = j1
-        pd = pT[b, h:h + 1]
-        if dropout:                                                                         # P' = P * keep
-            _times(p[b, h], keep[b, h], ds[bh], S)
-            pd = dsT[bh:bh + 1]
-        j0 = 0
-        while j0 < S:                                 # dV = P'^T dY, the same way
-            i0, j1 = _key_run(ends, j0, S, RB)
-            _product(work, pd[:, j0:j1, i0:], gyT[b:b + 1, lo:hi, i0:], dv[b:b + 1, j0:j1, lo:hi])
-            j0 = j1
+    b, h = bh // H, bh % H
+    lo, hi = h * d, h * d + d
+    ends = np.empty(blocks, np.intp)
+    for r in range(blocks):                       # per block of query rows: P = 0 past column n, so dS = 0
+        ends[r] = _nonzero_end(p[b, h, r * RB:min(T, r * RB + RB)])
+    j0 = 0
+    while j0 < S:                                 # dP = dY v^T, by blocks of keys, as the scores
+        i0, j1 = _key_run(ends, j0, S, KB)
+        _product(work, gy[b:b + 1, i0:, lo:hi], v[b:b + 1, j0:j1, lo:hi], ds[bh:bh + 1, i0:, j0:j1])
+        j0 = j1
+    for r in range(blocks):                       # dS and dQ by blocks of query rows
+        r0, r1, n = r * RB, min(T, r * RB + RB), ends[r]
+        dsh = ds[bh:bh + 1, r0:r1, :n]
+        if dropout:
+            _times(ds[bh, r0:r1], keep[b, h, r0:r1], ds[bh, r0:r1], n)
+        _softmax_backward_rows(p[b, h, r0:r1], ds[bh, r0:r1], n, c)                     # dS
+        _product(work, dsh, kT[b:b + 1, lo:hi, :n], dq[b:b + 1, r0:r1, lo:hi])          # dQ = dS k
+    j0 = 0
+    while j0 < S:                                 # dK = dS^T q, by blocks of keys, from the first query block reaching them
+        i0, j1 = _key_run(ends, j0, S, RB)
+        _product(work, dsT[bh:bh + 1, j0:j1, i0:], qT[b:b + 1, lo:hi, i0:], dk[b:b + 1, j0:j1, lo:hi])
+        j0 = j1
+    pd = pT[b, h:h + 1]
+    if dropout:                                                                         # P' = P * keep
+        _times(p[b, h], keep[b, h], ds[bh], S)
+        pd = dsT[bh:bh + 1]
+    j0 = 0
+    while j0 < S:                                 # dV = P'^T dY, the same way
+        i0, j1 = _key_run(ends, j0, S, RB)
+        _product(work, pd[:, j0:j1, i0:], gyT[b:b + 1, lo:hi, i0:], dv[b:b + 1, j0:j1, lo:hi])
+        j0 = j1
+
+
+@jit(parallel=True)
+def _forward(head, work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch):
+    """`_forward_head` for every (b, h) on all threads. The head is a function pointer: Numba
+    compiles the serial head once, and this trivial loop in a fraction of a second, where
+    a parallel loop around the head's whole body took seconds to compile."""
+    for bh in prange(q.shape[0] * H):
+        head(work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch, np.intp(bh))   # prange may make bh unsigned
+
+
+@jit(parallel=True)
+def _backward(head, work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, ds, dsT, dq, dk, dv):
+    """`_backward_head` for every (b, h) on all threads, as `_forward`."""
+    for bh in prange(q.shape[0] * H):
+        head(work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, ds, dsT, dq, dk, dv, np.intp(bh))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(launcher, head, dtype, spec):
+    """`launcher` compiled for `dtype`, and `head` as the function pointer it takes."""
+    head_signature = _signature(dtype, spec + " i")
+    pointer = Pointer(head, head_signature)
+    return specialise(launcher, types.none(pointer.type, *head_signature.args[:-1])), pointer
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,8 +301,8 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
         ends = np.where(rows.any(axis=1), S - np.argmax(rows[:, ::-1], axis=1), 0)   # of each mask row
         scratch = np.empty((B * n_heads, T, S) if dropout else (1, 1, 1), q.dtype)
         work = compiled(q.dtype)   # the GEMM first: the kernel calls it
-        forward = specialise(_forward, _signature(q.dtype, FORWARD))
-        forward(work, q, k, v.transpose(0, 2, 1), n_heads, rows, idx, ends, keep, dropout, q.dtype.type(1 / np.sqrt(d)),
+        forward, head = _kernel(_forward, _forward_head, q.dtype, FORWARD)
+        forward(head, work, q, k, v.transpose(0, 2, 1), n_heads, rows, idx, ends, keep, dropout, q.dtype.type(1 / np.sqrt(d)),
                 y, p, scratch)
     elif y.size:
         y[...] = 0
@@ -299,8 +324,8 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
         ds = np.empty((B * n_heads, T, S), q.dtype)    # dP, then dS, of every head
         t = (lambda a: a.transpose(0, 2, 1))
         work = compiled(q.dtype)
-        backward = specialise(_backward, _signature(q.dtype, BACKWARD))
-        backward(work, q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
+        backward, head = _kernel(_backward, _backward_head, q.dtype, BACKWARD)
+        backward(head, work, q, t(q), k, t(k), v, n_heads, p, p.transpose(0, 1, 3, 2), keep, dropout,
                  q.dtype.type(1 / np.sqrt(d)), gy, t(gy), ds, t(ds), dq, dk, dv)
     else:
         dq[...], dk[...], dv[...] = 0, 0, 0

@@ -40,7 +40,7 @@ How a fast GEMM is built (read from the inside out):
    batch) is split along K instead, and the threads' partial products are added.
 4. `_work` is compiled once per dtype, on first use, for arrays of any layout (`compiled`),
    not once per combination of layouts it meets: each copy takes seconds to compile. Kernels
-   that call it (`_work_parallel`, attention.py) get it as a function pointer (`Work`), so
+   that call it (`_work_parallel`, attention.py) get it as a function pointer (`compiled`), so
    they do not each compile a copy of it either.
 
 Measured against np.matmul (OpenBLAS) in `benchmarks/kernels.py`; the figures and the
@@ -55,12 +55,11 @@ import numpy as np
 from llvmlite import binding, ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.experimental.function_type import _get_wrapper_address
-from numba.extending import intrinsic, typeof_impl
+from numba.extending import intrinsic
 
 from . import checks
 from .bias import add_bias
-from .threads import jit, specialise
+from .threads import Pointer, jit, specialise
 
 
 def _vector_bytes():
@@ -223,37 +222,16 @@ def signature(dtype):
     return types.none(any3, any3, types.Array(dt, 3, "A"), index, index, bias, *(types.intp,) * 4)
 
 
-class Work:
-    """`_work`'s compiled code for one dtype as a function pointer, the way kernels that call
-    the GEMM (`_work_parallel`, attention.py) take it: their compiled code then calls the one
-    compiled `_work` instead of linking in a copy of it for LLVM to optimise again (~2 s of
-    compile per caller). Passing `_work` itself would also work, but Numba then looks up its
-    address on every call (~50 us); this object looks it up once."""
-
-    def __init__(self, dtype):
-        self.signature = signature(dtype)
-        specialise(_work, self.signature)
-        self.address = _get_wrapper_address(_work, self.signature)
-        self.type = types.FunctionType(self.signature)
-
-    def __wrapper_address__(self):   # Numba's protocol for first-class functions
-        return self.address
-
-
-@typeof_impl.register(Work)
-def _typeof_work(value, context):
-    return value.type
-
-
 _compiled = {}
 
 
 def compiled(dtype):
-    """The GEMM for `dtype` as a `Work` pointer, compiled (or loaded from the cache) on first
-    use, one copy for every layout; attention.py calls it before compiling its kernels."""
+    """The GEMM for `dtype`, `_work`, as a function pointer (`threads.Pointer`), compiled (or
+    loaded from the cache) on first use, one copy for every layout; attention.py calls it
+    before compiling its kernels."""
     work = _compiled.get(dtype)
     if work is None:
-        work = Work(dtype)
+        work = Pointer(_work, signature(dtype))
         specialise(_work_parallel, types.none(work.type, *work.signature.args))
         _compiled[dtype] = _compiled[np.dtype(dtype)] = work
     return work

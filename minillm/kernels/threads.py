@@ -43,6 +43,9 @@ import os
 import numba
 import numpy as np
 from llvmlite import binding
+from numba import types
+from numba.experimental.function_type import _get_wrapper_address
+from numba.extending import typeof_impl
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "default"
@@ -104,6 +107,29 @@ def specialise(fn, signature):
         finally:
             fn.disable_compile(bool(fn.overloads))   # after a failed compile: the error, not an assertion
     return fn
+
+
+class Pointer:
+    """The compiled code of `fn` (a `jit` dispatcher) for one signature, as a function
+    pointer that compiled code can take as an argument and call (Numba's first-class
+    functions). A kernel that calls `fn` this way calls the one compiled copy, where calling
+    `fn` directly links a copy of it into the kernel for LLVM to optimise again (seconds of
+    compile per kernel, and more per call site). Passing `fn` itself would also work, but
+    Numba then looks up its address on every call (~50 us); this object looks it up once."""
+
+    def __init__(self, fn, signature):
+        specialise(fn, signature)
+        self.signature = signature
+        self.address = _get_wrapper_address(fn, signature)
+        self.type = types.FunctionType(signature)
+
+    def __wrapper_address__(self):   # Numba's protocol for first-class functions
+        return self.address
+
+
+@typeof_impl.register(Pointer)
+def _typeof_pointer(value, context):
+    return value.type
 
 
 def _openblas_setter():
