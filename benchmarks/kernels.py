@@ -77,7 +77,7 @@ def kernel_table(F, R, rng):
         ("softmax masked, out= reused", lambda: F.softmax(att, tril, out=out), lambda: R.softmax(att, tril)),
         ("softmax (8,4,512,512), out= reused", lambda: F.softmax(big, out=out_big), lambda: R.softmax(big)),
         ("softmax_backward (8,4,128,128)", lambda: F.softmax_backward(y, dy), lambda: R.softmax_backward(y, dy)),
-        ("softmax_backward, out=dy (as attention)", lambda: F.softmax_backward(y, dy2, out=dy2),
+        ("softmax_backward, out=dy (in place)", lambda: F.softmax_backward(y, dy2, out=dy2),
          lambda: R.softmax_backward(y, dy)),
         ("log_softmax masked (8,4,128,128)", lambda: F.log_softmax(att, tril), lambda: R.log_softmax(att, tril)),
         ("log_softmax_backward masked", lambda: F.log_softmax_backward(ly, dy, tril),

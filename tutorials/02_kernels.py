@@ -216,33 +216,35 @@ record("Numba, 2x4 register tile", n, best_time(matmul_tiled, A32, Bt32, C))
 #
 # minillm's GEMM (`gemm` in `minillm/kernels/gemm.py`) takes the last step that the tiles
 # above could not: it turns the dot products around into **outer products**. It copies
-# ("packs") `B` into panels of 32 columns laid out k by k, and at each `k` it loads one
-# row of the panel (2 vectors of 16 floats), broadcasts 8 entries of `A`'s column `k`,
-# and does 16 fused multiply-adds into 16 vector accumulators (an 8 x 32 tile of `C`)
-# that stay in registers for the whole `K` loop. No horizontal sums at the end, and both
-# operands stream contiguously. Numba cannot promise to keep 16 vectors in registers, so
+# ("packs") `B` into panels of 64 columns laid out k by k (with AVX-512; 32 with AVX2),
+# and at each `k` it loads one row of the panel (4 vectors of 16 floats), broadcasts 6
+# entries of `A`'s column `k`, and does 24 fused multiply-adds into 24 vector accumulators
+# (a 6 x 64 tile of `C`) that stay in registers for the whole `K` loop. No horizontal sums at the end, and both
+# operands stream contiguously. Numba cannot promise to keep 24 vectors in registers, so
 # that one tile is written as LLVM vector instructions (a Numba *intrinsic*, ~60 lines);
 # the rest (packing, cache blocking, threads) is ordinary Numba. OpenBLAS, which
 # `np.matmul` calls, is built the same way, with its tile written in assembly.
 #
 # Once the tile keeps the FMA units busy, the instructions *around* the FMAs start to
 # count: the tile's loop does 4 steps of `k` per trip, and it addresses A's entries as base
-# registers plus constants, so 64 FMAs come with 40 loads and a few loop instructions. That
-# alone took the products of a transformer layer from 0.82x to 0.88-0.90x of MKL's speed.
+# registers plus constants. That alone took the products of a transformer layer from 0.82x
+# to 0.88-0.90x of MKL's speed. The tile's shape came next: 8 x 32 loads 10 values per 16
+# FMAs, 6 x 64 loads 10 per 24, and uses 29 of AVX-512's 32 vector registers; it took the
+# same products to 0.93-0.96x (7 x 64, one row more, ran at 0.81x).
 # The tile also starts each block of `C` at the layer's bias when there is one
 # (`kernels.linear`), which saves a whole pass over the output.
 
 # %%
 G = minillm_gemm(A32, B32)          # first call compiles, or loads the compiled code from cache
 assert np.allclose(G, reference, rtol=1e-3, atol=1e-3)
-record("minillm gemm (8x32 outer-product tile)", n, best_time(minillm_gemm, A32, B32))
+record("minillm gemm (6x64 outer-product tile)", n, best_time(minillm_gemm, A32, B32))
 record("NumPy @ (OpenBLAS)", n, best_time(np.matmul, A32, B32))
 
 # %% [markdown]
-# On the build machine (one thread) `gemm` reached 0.88-1.02x of OpenBLAS's speed on
-# 256-1024 square and transformer-shaped products, so minillm sends every product of at
-# least 2^18 multiply-adds to it (`kernels.matmul`; smaller ones go to OpenBLAS, whose
-# fixed cost per call is lower). Now both with every core:
+# On the build machine (one thread) `gemm` reached 0.94-1.05x of OpenBLAS's speed on
+# 256-1024 square and transformer-shaped products (0.88x at 128 square), so minillm sends
+# every product of at least 2^18 multiply-adds to it (`kernels.matmul`; smaller ones go to
+# OpenBLAS, whose fixed cost per call is lower). Now both with every core:
 
 # %%
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -207,7 +207,7 @@ def _backward_head(work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, d
         _softmax_backward_rows(p[b, h, r0:r1], ds[bh, r0:r1], n, c)                     # dS
         _product(work, dsh, kT[b:b + 1, lo:hi, :n], dq[b:b + 1, r0:r1, lo:hi])          # dQ = dS k
     j0 = 0
-    while j0 < S:                                 # dK = dS^T q, by blocks of keys, from the first query block reaching them
+    while j0 < S:                                 # dK = dS^T q by blocks of keys, over the query rows reaching them
         i0, j1 = _key_run(ends, j0, S, RB)
         _product(work, dsT[bh:bh + 1, j0:j1, i0:], qT[b:b + 1, lo:hi, i0:], dk[b:b + 1, j0:j1, lo:hi])
         j0 = j1
@@ -227,8 +227,8 @@ def _forward(head, work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, s
     """`_forward_head` for every (b, h) on all threads. The head is a function pointer: Numba
     compiles the serial head once, and this trivial loop in a fraction of a second, where
     a parallel loop around the head's whole body took seconds to compile."""
-    for bh in prange(q.shape[0] * H):
-        head(work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch, np.intp(bh))   # prange may make bh unsigned
+    for bh in prange(q.shape[0] * H):   # np.intp: prange may make bh unsigned, and the pointer's type is exact
+        head(work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch, np.intp(bh))
 
 
 @jit(parallel=True)
@@ -302,8 +302,8 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
         scratch = np.empty((B * n_heads, T, S) if dropout else (1, 1, 1), q.dtype)
         work = compiled(q.dtype)   # the GEMM first: the kernel calls it
         forward, head = _kernel(_forward, _forward_head, q.dtype, FORWARD)
-        forward(head, work, q, k, v.transpose(0, 2, 1), n_heads, rows, idx, ends, keep, dropout, q.dtype.type(1 / np.sqrt(d)),
-                y, p, scratch)
+        forward(head, work, q, k, v.transpose(0, 2, 1), n_heads, rows, idx, ends, keep, dropout,
+                q.dtype.type(1 / np.sqrt(d)), y, p, scratch)
     elif y.size:
         y[...] = 0
     return y, p

@@ -27,11 +27,12 @@ How a fast GEMM is built (read from the inside out):
    row stride will do; `_tile`); otherwise it is packed into panels of MR rows too
    (`_tile_panel`), unless its columns are contiguous, as in a weight gradient x^T @ dy:
    then MR rows of A are a panel already, with x's row stride (weight gradients of the tiny
-   model's 128-wide layers: 0.81-0.86x -> 0.89-0.95x of MKL). Packing costs O(MK + KN) against the product's O(MNK). A B of at
-   most B_IN_PLACE whole panels with contiguous rows (attention's per-head P v, dS k, ...)
-   is read in place: there packing would be a large share of a small product.
+   model's 128-wide layers: 0.81-0.86x -> 0.89-0.95x of MKL). Packing costs O(MK + KN)
+   against the product's O(MNK). A B of at most B_IN_PLACE whole panels with contiguous rows
+   (attention's per-head P v, dS k, ...) is read in place: there packing would be a large
+   share of a small product.
 3. `_work` walks K in slices of KC: it packs the slice of a B block once (KC x NR values per
-   panel: one panel stays in L1 or L2 while the tile sweeps the rows of A, which stay in L2) and
+   panel: a panel stays in L1 or L2 while the tile sweeps the rows of A, which stay in L2) and
    multiplies every row block of its tasks by it, adding each tile into C (the first slice
    writes C, the others add to it). Tasks are blocks of C, split evenly over the threads
    (`_work_parallel`; blocks of rows, and of columns too when rows alone leave a thread
@@ -416,13 +417,14 @@ def matmul(a, b):
     """a @ b, checked like `gemm`: by `gemm` from GEMM_MIN_WORK multiply-adds up, by np.matmul
     (OpenBLAS) below, where its lower fixed cost wins (~2 us against ~8-20 us at 128 x 128 x 32).
 
-    Measured on the build machine (benchmarks/kernels.py, float32, 2026-11-29), `gemm`
-    reached 0.92-0.98x of OpenBLAS's throughput on one thread at 256-1024 square and
-    0.88-1.02x on (2048, 256) @ (256, 1024) and the other shapes of a transformer layer
-    (124-158 GFLOP/s), 0.80x at 128 square and 0.57-0.91x on batched attention shapes; on two
-    threads 0.89-1.15x, and 1.39-1.67x on attention shapes (OpenBLAS runs a batch of small
+    Measured on the build machine (benchmarks/kernels.py, float32, 2026-11-29, 6 x 64 tile),
+    `gemm` reached 0.94-0.99x of OpenBLAS's throughput on one thread at 256-1024 square and
+    0.97-1.05x on (2048, 256) @ (256, 1024) and the other shapes of a transformer layer
+    (164-179 GFLOP/s), 0.88x at 128 square and 0.69-0.95x on batched attention shapes; on two
+    threads 0.93-1.27x, and 1.58-1.78x on attention shapes (OpenBLAS runs a batch of small
     products one at a time). Against MKL (PyTorch's matmul, one thread, same process), the
-    forward and backward products of the small benchmark model's layers ran at 0.92x.
+    forward and backward products of the small benchmark model's layers ran at 0.93-0.96x,
+    the tiny model's at 0.93-0.95x.
     Using one engine for every large product also keeps OpenBLAS's threads, which spin for a
     while after each call, from competing with Numba's for the cores (threads.py): the tiny
     training step at 2 threads went from 108 ms (OpenBLAS products) to 89 ms (gemm), before
