@@ -151,6 +151,15 @@ def _tile_code(panel, NV, context, builder, sig, args):
                 for v in range(NV):
                     builder.store(builder.load(vector(c_row[r], const(v * lanes)), align=size), acc[r][v])
         with otherwise:
+            # C is written, not read: ask for its lines now (prefetch for writing), so that
+            # they arrive while the loop runs instead of stalling the stores at its end
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            prefetch = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+            for r in range(MR):
+                for v in range(NV):   # one vector per 64-byte line with AVX-512 (two with AVX2: harmless)
+                    builder.call(prefetch, [builder.bitcast(vector(c_row[r], const(v * lanes)), i8p),
+                                            ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
             with builder.if_then(builder.icmp_signed(">", cgutils.unpack_tuple(builder, bias.shape)[0], const(0))):
                 for v in range(NV):
                     b = builder.load(vector(bias.data, const(v * lanes)), align=size)
