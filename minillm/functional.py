@@ -134,8 +134,8 @@ def attention(q, k, v, n_heads, mask=None, dropout=0.0, rng=None):
     q, k, v = _t(q), _t(k), _t(v)
     if q.ndim != 3 or k.ndim != 3 or k.shape != v.shape or q.shape[::2] != k.shape[::2]:
         raise ValueError(f"attention: need q (B, T, D) and k, v (B, S, D), got {q.shape}, {k.shape}, {v.shape}")
-    if q.shape[-1] % n_heads:
-        raise ValueError(f"attention: D ({q.shape[-1]}) must be divisible by n_heads ({n_heads})")
+    if n_heads < 1 or q.shape[-1] % n_heads or q.shape[-1] == 0:
+        raise ValueError(f"attention: D ({q.shape[-1]}) must be a positive multiple of n_heads ({n_heads})")
     (B, T, D), S = q.shape, k.shape[1]
     mask = _check_mask("attention", mask, (B, n_heads, T, S))
     keep = None

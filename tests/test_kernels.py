@@ -90,16 +90,18 @@ def test_gemm_tiles_exactly_on_integers():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_weight_gradient_exactly_on_integers(threads):
-    # x^T @ g and g^T @ x, weight gradients: A is a transposed view, so gemm packs it into
-    # panels (`_tile_panel`), and K = 2048 tokens is long enough that two threads split K and
-    # add their partial products. x is contiguous, then strided (every other column).
+    # x^T @ g and g^T @ x, weight gradients: A is a transposed view, read as panels in place
+    # when x's rows are under 2 KiB apart (x[:, :67], g), packed otherwise (every other
+    # column; 600 columns: 2400 bytes), with a last partial panel of 67 % 6 rows; K = 2048
+    # tokens is long enough that two threads split K and add their partial products.
     rng = np.random.default_rng(1)
     x = rng.integers(-4, 5, (2048, 134)).astype(np.float32)
     g = rng.integers(-4, 5, (2048, 130)).astype(np.float32)
+    wide = rng.integers(-4, 5, (2048, 600)).astype(np.float32)
     before = K.num_threads()
     try:
         K.set_num_threads(threads)
-        for a in (np.ascontiguousarray(x[:, :67]), x[:, ::2]):
+        for a in (np.ascontiguousarray(x[:, :67]), x[:, ::2], wide):
             assert np.array_equal(F.gemm(a.T, g), a.T.astype(np.float64) @ g)
             assert np.array_equal(F.gemm(g.T, a), g.T.astype(np.float64) @ a)
     finally:
@@ -148,8 +150,9 @@ def attention_case(draw):
     # with row ends (causal, prefix, ragged) let the kernel skip in part
     sizes = st.one_of(st.integers(1, 40), st.integers(90, 110))
     B, T, S = draw(st.integers(1, 3)), draw(sizes), draw(sizes)
-    H, d = draw(st.integers(1, 2)), draw(st.sampled_from([1, 4, 8, 32, 33]))   # 32: whole panels
-    kind = draw(st.sampled_from(["none", "causal", "prefix", "ragged", "random", "per-example"]))
+    # d: 16/32/64 are whole narrow or wide panels (B read in place) in one dtype or the other
+    H, d = draw(st.integers(1, 2)), draw(st.sampled_from([1, 4, 8, 16, 32, 33, 64]))
+    kind = draw(st.sampled_from(["none", "causal", "prefix", "ragged", "decreasing", "random", "per-example"]))
     return B, T, S, H, d, kind, draw(st.booleans())
 
 
@@ -165,6 +168,7 @@ def test_attention_equals_numpy(case, dtype, seed):
     mask = {"none": None, "causal": np.tri(T, S, S - T, dtype=bool),
             "prefix": np.tri(T, S, S - T, dtype=bool) | (np.arange(S) < rng.integers(0, S + 1)),
             "ragged": np.arange(S) < ends,
+            "decreasing": np.tri(T, S, S - T, dtype=bool)[::-1],   # later rows keep fewer columns
             "random": rng.random((T, S)) < 0.7, "per-example": rng.random((B, 1, T, S)) < 0.5}[kind]
     keep = ((rng.random((B, H, T, S)) >= 0.25) / 0.75).astype(dtype) if dropout else None
     gy = rng.standard_normal((B, T, D)).astype(dtype)
@@ -205,8 +209,10 @@ def test_attention_blocks_past_the_mask_are_skipped_exactly(dtype):
 
 def test_attention_bad_input_is_a_clear_error():
     x = np.ones((2, 3, 4))
-    with pytest.raises(ValueError, match="divisible by n_heads"):
+    with pytest.raises(ValueError, match="positive multiple of n_heads"):
         F.attention_forward(x, x, x, 3)
+    with pytest.raises(ValueError, match=r"D \(0\) must be a positive multiple"):   # no heads of width 0
+        F.attention_forward(np.ones((2, 3, 0)), np.ones((2, 3, 0)), np.ones((2, 3, 0)), 1)
     with pytest.raises(ValueError, match=r"attention.*\(2, 3, 4\).*\(2, 5, 4\)"):
         F.attention_forward(x, np.ones((2, 5, 4)), x, 2)
     with pytest.raises(ValueError, match="mask of shape"):

@@ -216,7 +216,7 @@ record("Numba, 2x4 register tile", n, best_time(matmul_tiled, A32, Bt32, C))
 #
 # minillm's GEMM (`gemm` in `minillm/kernels/gemm.py`) takes the last step that the tiles
 # above could not: it turns the dot products around into **outer products**. It copies
-# ("packs") `B` into panels of 64 columns laid out k by k (with AVX-512; 32 with AVX2),
+# ("packs") `B` into panels of 64 columns laid out k by k (with AVX-512; 16 with AVX2),
 # and at each `k` it loads one row of the panel (4 vectors of 16 floats), broadcasts 6
 # entries of `A`'s column `k`, and does 24 fused multiply-adds into 24 vector accumulators
 # (a 6 x 64 tile of `C`) that stay in registers for the whole `K` loop. No horizontal sums at the end, and both
@@ -228,7 +228,7 @@ record("Numba, 2x4 register tile", n, best_time(matmul_tiled, A32, Bt32, C))
 # Once the tile keeps the FMA units busy, the instructions *around* the FMAs start to
 # count: the tile's loop does 4 steps of `k` per trip, and it addresses A's entries as base
 # registers plus constants. That alone took the products of a transformer layer from 0.82x
-# to 0.88-0.90x of MKL's speed. The tile's shape came next: 8 x 32 loads 10 values per 16
+# to 0.88-0.92x of MKL's speed. The tile's shape came next: 8 x 32 loads 10 values per 16
 # FMAs, 6 x 64 loads 10 per 24, and uses 29 of AVX-512's 32 vector registers; it took the
 # same products to 0.93-0.96x (7 x 64, one row more, ran at 0.81x).
 # The tile also starts each block of `C` at the layer's bias when there is one

@@ -42,7 +42,7 @@ from .threads import Pointer, jit, specialise
 
 
 RB = 8 * MR   # query (and key) rows per block: whole register tiles of gemm
-KB = 64       # key columns per block of the scores: whole panels of gemm (64 float32, 2 x 32 float64)
+KB = 64       # key columns per block of the scores: whole panels of gemm's tiles with AVX-512
 
 
 @jit()
@@ -95,8 +95,9 @@ def _times(x, keep, out, n):
 
 @jit()
 def _product(work, a, bt, c):
-    """c = a @ bt^T for one block of a head, (1, M, K) by (1, N, K), as one task on this
-    thread; work is gemm's `_work`, passed in as a function pointer. K = 0 gives zeros."""
+    """c = a @ bt^T for one block of a head, (1, M, K) by (1, N, K), all on this thread; work
+    is gemm's `_work`, passed in as a function pointer. K = 0 gives zeros. Column blocks are
+    whole wide panels: `_work` picks the narrow tile itself when N is small."""
     M, N = c.shape[1], c.shape[2]
     if M == 0 or N == 0:
         return
@@ -111,11 +112,11 @@ def _product(work, a, bt, c):
 
 
 @jit()
-def _rows_end(ends, idx, i0, i1):
+def _rows_end(row_ends, idx, i0, i1):
     """The columns rows i0..i1 need: 1 + the last column any of them keeps (0: none)."""
     n = 0
     for i in range(i0, i1):
-        n = max(n, ends[idx[i]])
+        n = max(n, row_ends[idx[i]])
     return n
 
 
@@ -133,22 +134,23 @@ def _nonzero_end(p):
 
 
 @jit()
-def _first_reaching(ends, j):
-    """The first block of query rows whose columns reach column j (len(ends): none)."""
+def _first_reaching(needs, j):
+    """The first block of query rows whose columns reach column j (len(needs): none);
+    needs[r]: the columns block r needs."""
     r = 0
-    while r < ends.size and ends[r] <= j:
+    while r < needs.size and needs[r] <= j:
         r += 1
     return r
 
 
 @jit()
-def _key_run(ends, j0, S, width):
+def _key_run(needs, j0, S, width):
     """(i0, j1): i0 the first row of the first block of query rows whose columns reach key j0,
     and j1 the end of the run of blocks of `width` keys from j0 for which that is the same
     (without a mask: every key, in one product)."""
-    r = _first_reaching(ends, j0)
+    r = _first_reaching(needs, j0)
     j1 = min(S, j0 + width)
-    while j1 < S and _first_reaching(ends, j1) == r:
+    while j1 < S and _first_reaching(needs, j1) == r:
         j1 = min(S, j1 + width)
     return r * RB, j1
 
@@ -158,16 +160,16 @@ def _key_run(ends, j0, S, width):
 # Numba to compile (seconds in all), so the transposed views come from Python.
 
 @jit()
-def _forward_head(work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch, bh):
+def _forward_head(work, q, k, vT, H, rows, idx, row_ends, keep, dropout, c, y, p, scratch, bh):
     """The forward of head h of batch row b, bh = b * H + h (serial: `_forward` runs the heads
-    in parallel). ends[m]: 1 + the last column mask row m keeps."""
+    in parallel). row_ends[m]: 1 + the last column mask row m keeps."""
     B, T, D = q.shape
     S, d = k.shape[1], D // H
     b, h = bh // H, bh % H
     lo, hi = h * d, h * d + d
     needs = np.empty(-(-T // RB), np.intp)        # per block of query rows: past column n all is masked
     for r in range(needs.size):
-        needs[r] = _rows_end(ends, idx, bh * T + r * RB, bh * T + min(T, r * RB + RB))
+        needs[r] = _rows_end(row_ends, idx, bh * T + r * RB, bh * T + min(T, r * RB + RB))
     j0 = 0
     while j0 < S:                                 # scores, by blocks of keys, for the query blocks reaching them
         i0, j1 = _key_run(needs, j0, S, KB)
@@ -191,16 +193,16 @@ def _backward_head(work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, d
     blocks = -(-T // RB)
     b, h = bh // H, bh % H
     lo, hi = h * d, h * d + d
-    ends = np.empty(blocks, np.intp)
+    needs = np.empty(blocks, np.intp)
     for r in range(blocks):                       # per block of query rows: P = 0 past column n, so dS = 0
-        ends[r] = _nonzero_end(p[b, h, r * RB:min(T, r * RB + RB)])
+        needs[r] = _nonzero_end(p[b, h, r * RB:min(T, r * RB + RB)])
     j0 = 0
     while j0 < S:                                 # dP = dY v^T, by blocks of keys, as the scores
-        i0, j1 = _key_run(ends, j0, S, KB)
+        i0, j1 = _key_run(needs, j0, S, KB)
         _product(work, gy[b:b + 1, i0:, lo:hi], v[b:b + 1, j0:j1, lo:hi], ds[bh:bh + 1, i0:, j0:j1])
         j0 = j1
     for r in range(blocks):                       # dS and dQ by blocks of query rows
-        r0, r1, n = r * RB, min(T, r * RB + RB), ends[r]
+        r0, r1, n = r * RB, min(T, r * RB + RB), needs[r]
         dsh = ds[bh:bh + 1, r0:r1, :n]
         if dropout:
             _times(ds[bh, r0:r1], keep[b, h, r0:r1], ds[bh, r0:r1], n)
@@ -208,7 +210,7 @@ def _backward_head(work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, d
         _product(work, dsh, kT[b:b + 1, lo:hi, :n], dq[b:b + 1, r0:r1, lo:hi])          # dQ = dS k
     j0 = 0
     while j0 < S:                                 # dK = dS^T q by blocks of keys, over the query rows reaching them
-        i0, j1 = _key_run(ends, j0, S, RB)
+        i0, j1 = _key_run(needs, j0, S, RB)
         _product(work, dsT[bh:bh + 1, j0:j1, i0:], qT[b:b + 1, lo:hi, i0:], dk[b:b + 1, j0:j1, lo:hi])
         j0 = j1
     pd = pT[b, h:h + 1]
@@ -217,18 +219,18 @@ def _backward_head(work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, d
         pd = dsT[bh:bh + 1]
     j0 = 0
     while j0 < S:                                 # dV = P'^T dY, the same way
-        i0, j1 = _key_run(ends, j0, S, RB)
+        i0, j1 = _key_run(needs, j0, S, RB)
         _product(work, pd[:, j0:j1, i0:], gyT[b:b + 1, lo:hi, i0:], dv[b:b + 1, j0:j1, lo:hi])
         j0 = j1
 
 
 @jit(parallel=True)
-def _forward(head, work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch):
+def _forward(head, work, q, k, vT, H, rows, idx, row_ends, keep, dropout, c, y, p, scratch):
     """`_forward_head` for every (b, h) on all threads. The head is a function pointer: Numba
     compiles the serial head once, and this trivial loop in a fraction of a second, where
     a parallel loop around the head's whole body took seconds to compile."""
     for bh in prange(q.shape[0] * H):   # np.intp: prange may make bh unsigned, and the pointer's type is exact
-        head(work, q, k, vT, H, rows, idx, ends, keep, dropout, c, y, p, scratch, np.intp(bh))
+        head(work, q, k, vT, H, rows, idx, row_ends, keep, dropout, c, y, p, scratch, np.intp(bh))
 
 
 @jit(parallel=True)
@@ -248,8 +250,8 @@ def _kernel(launcher, head, dtype, spec):
 
 @functools.lru_cache(maxsize=None)
 def _signature(dtype, spec):
-    """Numba types for a compact spec: r3/w3 a read-only/writable 3-D array of `dtype` of any
-    layout, R4/W3/W4 C-contiguous ones (rows the softmax loops run along: with a stride known
+    """Numba types for a compact spec: r3/r4 a read-only 3-D/4-D array of `dtype` of any
+    layout, R4 a read-only and W3/W4 writable C-contiguous ones (rows the softmax loops run along: with a stride known
     to be 1 they vectorise), i an index, I a read-only C index array, M the read-only C
     bool mask rows, b a bool, f a `dtype` scalar. One compiled copy
     per dtype then serves every layout of q, k, v (column blocks of a qkv projection,
@@ -264,7 +266,7 @@ def _signature(dtype, spec):
     return types.none(*(table[k] for k in spec.split()))
 
 
-FORWARD = "F r3 r3 r3 i M I I R4 b f W3 W4 W3"               # work q k vT H rows idx ends keep dropout c y p scratch
+FORWARD = "F r3 r3 r3 i M I I R4 b f W3 W4 W3"       # work q k vT H rows idx row_ends keep dropout c y p scratch
 BACKWARD = "F r3 r3 r3 r3 r3 i R4 r4 R4 b f r3 r3 W3 r3 W3 W3 W3"
 # work q qT k kT v H p pT keep dropout c gy gyT ds dsT dq dk dv
 
@@ -273,8 +275,8 @@ def _check(q, k, v, n_heads):
     q, k, v = checks.floats("attention", q=q, k=k, v=v)
     if q.ndim != 3 or k.ndim != 3 or k.shape != v.shape or q.shape[::2] != k.shape[::2]:
         raise ValueError(f"attention: need q (B, T, D) and k, v (B, S, D), got {q.shape}, {k.shape}, {v.shape}")
-    if n_heads < 1 or q.shape[-1] % n_heads:
-        raise ValueError(f"attention: D ({q.shape[-1]}) must be divisible by n_heads ({n_heads})")
+    if n_heads < 1 or q.shape[-1] % n_heads or q.shape[-1] == 0:
+        raise ValueError(f"attention: D ({q.shape[-1]}) must be a positive multiple of n_heads ({n_heads})")
     return q, k, v
 
 
@@ -298,11 +300,11 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
     y, p = np.empty(q.shape, q.dtype), np.empty(shape, q.dtype)
     d = D // n_heads
     if y.size and S:
-        ends = np.where(rows.any(axis=1), S - np.argmax(rows[:, ::-1], axis=1), 0)   # of each mask row
+        row_ends = np.where(rows.any(axis=1), S - np.argmax(rows[:, ::-1], axis=1), 0)   # of each mask row
         scratch = np.empty((B * n_heads, T, S) if dropout else (1, 1, 1), q.dtype)
         work = compiled(q.dtype)   # the GEMM first: the kernel calls it
         forward, head = _kernel(_forward, _forward_head, q.dtype, FORWARD)
-        forward(head, work, q, k, v.transpose(0, 2, 1), n_heads, rows, idx, ends, keep, dropout,
+        forward(head, work, q, k, v.transpose(0, 2, 1), n_heads, rows, idx, row_ends, keep, dropout,
                 q.dtype.type(1 / np.sqrt(d)), y, p, scratch)
     elif y.size:
         y[...] = 0

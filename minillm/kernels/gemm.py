@@ -2,12 +2,12 @@
 
 How a fast GEMM is built (read from the inside out):
 
-1. The register tile `_tile` computes an MR x NR block of C (6 x 64 in float32 with
-   AVX-512) as a sum of K outer products: at each step k it loads NV vectors of B's row k,
-   broadcasts each of A's MR entries of column k, and issues MR * NV fused multiply-adds into
-   MR * NV vector accumulators that stay in registers for the whole loop. That is 24 FMAs
-   per 10 loads, so the FMA units, not memory, set the pace; with the 4 B vectors and a
-   broadcast, 29 of the 32 vector registers are in use.
+1. The register tile `_tile` computes an MR x NR block of C (6 x 64 in float32 with AVX-512,
+   6 x 16 with AVX2) as a sum of K outer products: at each step k it loads NV vectors of B's
+   row k, broadcasts each of A's MR entries of column k, and issues MR * NV fused
+   multiply-adds into MR * NV vector accumulators that stay in registers for the whole loop.
+   That is 24 FMAs per 10 loads, so the FMA units, not memory, set the pace; with the 4 B
+   vectors and a broadcast, 29 of the 32 vector registers are in use.
    Numba cannot say "keep these 24 vectors in registers": written as Python loops over an
    accumulator array, the accumulators live in memory (~10 GFLOP/s here); written as scalar
    variables, LLVM vectorises along k instead and spills (~13 GFLOP/s); and its default tuning
@@ -25,12 +25,12 @@ How a fast GEMM is built (read from the inside out):
    nothing extra); the last panel is padded with zeros so every tile is a full tile. A is
    read in place when its rows are contiguous (the tile broadcasts single entries, so any
    row stride will do; `_tile`); otherwise it is packed into panels of MR rows too
-   (`_tile_panel`), unless its columns are contiguous, as in a weight gradient x^T @ dy:
-   then MR rows of A are a panel already, with x's row stride (weight gradients of the tiny
-   model's 128-wide layers: 0.81-0.86x -> 0.89-0.95x of MKL). Packing costs O(MK + KN)
-   against the product's O(MNK). A B of at most B_IN_PLACE whole panels with contiguous rows
-   (attention's per-head P v, dS k, ...) is read in place: there packing would be a large
-   share of a small product.
+   (`_tile_panel`), unless its columns are contiguous, as in a weight gradient x^T @ dy, and
+   x's rows are under 2 KiB apart: then MR rows of A are a panel already, with x's row
+   stride (weight gradients of the tiny model's 128-wide layers: 0.81-0.86x -> 0.89-0.95x of
+   MKL). Packing costs O(MK + KN) against the product's O(MNK). A B of at most B_IN_PLACE
+   whole panels with contiguous rows (attention's per-head P v, dS k, ...) is read in place:
+   there packing would be a large share of a small product.
 3. `_work` walks K in slices of KC: it packs the slice of a B block once (KC x NR values per
    panel: a panel stays in L1 or L2 while the tile sweeps the rows of A, which stay in L2) and
    multiplies every row block of its tasks by it, adding each tile into C (the first slice
@@ -71,8 +71,10 @@ def _vector_bytes():
 
 VECTOR_BYTES = _vector_bytes()
 MR = 6          # rows of A per register tile
-NV = 4          # vectors of B per register tile: NR = NV * lanes columns (64 float32 with AVX-512)
-NV_NARROW = 2   # ... for B of at most half as many columns (attention's per-head products)
+# vectors of B per register tile: NR = NV * lanes columns (64 float32 with AVX-512). 6 x 4
+# accumulators need 24 of AVX-512's 32 vector registers; AVX2 has 16, so it gets 6 x 2
+NV = 4 if VECTOR_BYTES == 64 else 2
+NV_NARROW = NV // 2   # ... for B of at most half as many columns (attention's per-head products)
 KC = 256        # depth of one pass over K
 B_IN_PLACE = 2  # B with at most this many panels of contiguous rows is read in place
 UNROLL = 4      # steps of k per trip of the tile's loop: fewer loop and address instructions per FMA
@@ -97,7 +99,7 @@ def _make_tile(panel, nv):
     return tile
 
 
-def _tile_code(panel, NV, context, builder, sig, args):
+def _tile_code(panel, nv, context, builder, sig, args):
     """LLVM code for c[:, :] = a @ bp (add=False) or c[:, :] += a @ bp (add=True), plus bias
     (NR values, added to every row) when add is False and bias is not empty; with bp
     (K, NR) and c (MR, NR) with contiguous rows (bp: a packed panel, or B read in place), and
@@ -142,13 +144,13 @@ def _tile_code(panel, NV, context, builder, sig, args):
 
     # accumulators: stack slots that LLVM promotes to registers (mem2reg), starting at c, at
     # the bias or at 0 (branches, not selects: c and bias are not read unless used)
-    acc = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for v in range(NV)] for r in range(MR)]
+    acc = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for v in range(nv)] for r in range(MR)]
     bias = context.make_array(sig.args[4])(context, builder, args[4])
     add = context.cast(builder, args[3], sig.args[3], types.boolean)
     with builder.if_else(add) as (then, otherwise):
         with then:
             for r in range(MR):
-                for v in range(NV):
+                for v in range(nv):
                     builder.store(builder.load(vector(c_row[r], const(v * lanes)), align=size), acc[r][v])
         with otherwise:
             # C is written, not read: ask for its lines now (prefetch for writing), so that
@@ -157,24 +159,24 @@ def _tile_code(panel, NV, context, builder, sig, args):
             prefetch = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
             for r in range(MR):
-                for v in range(NV):   # one vector per 64-byte line with AVX-512 (two with AVX2: harmless)
+                for v in range(nv):   # one vector per 64-byte line with AVX-512 (two with AVX2: harmless)
                     builder.call(prefetch, [builder.bitcast(vector(c_row[r], const(v * lanes)), i8p),
                                             ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
             with builder.if_then(builder.icmp_signed(">", cgutils.unpack_tuple(builder, bias.shape)[0], const(0))):
-                for v in range(NV):
+                for v in range(nv):
                     b = builder.load(vector(bias.data, const(v * lanes)), align=size)
                     for r in range(MR):
                         builder.store(b, acc[r][v])
 
     def step(k):   # acc += outer product of a[:, k] and bp[k]: NV loads, MR broadcasts, MR * NV FMAs
         b_k = builder.mul(k, b0)
-        b = [builder.load(vector(B.data, builder.add(b_k, const(v * lanes))), align=size) for v in range(NV)]
+        b = [builder.load(vector(B.data, builder.add(b_k, const(v * lanes))), align=size) for v in range(nv)]
         for r in range(MR):
             x = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.load(a_at(r, k)),
                                        ir.Constant(ir.IntType(32), 0))
             x = builder.shuffle_vector(x, ir.Constant(vty, ir.Undefined),          # broadcast a[r, k]
                                        ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-            for v in range(NV):
+            for v in range(nv):
                 builder.store(builder.call(fma, [x, b[v], builder.load(acc[r][v])]), acc[r][v])
 
     K = cgutils.unpack_tuple(builder, B.shape)[0]
@@ -185,7 +187,7 @@ def _tile_code(panel, NV, context, builder, sig, args):
     with cgutils.for_range_slice(builder, builder.mul(whole, const(UNROLL)), K, const(1)) as (k, _):
         step(k)
     for r in range(MR):
-        for v in range(NV):
+        for v in range(nv):
             builder.store(builder.load(acc[r][v]), vector(c_row[r], const(v * lanes)), align=size)
     return context.get_dummy_value()
 
@@ -207,8 +209,8 @@ def _copy(x, out):
 def _pack(x, out, W):
     """out[g, k, w] = x[g * W + w, k] for x (R, K), out (G, K, W); zero past row R.
     Callers pass W as a constant (MR or NR), so LLVM unrolls the w loop. The loop over k is
-    outermost: when x is a transposed view (B of x @ W, or A and B of a weight gradient), x's
-    columns are memory rows, read from start to end."""
+    outermost: when x is a transposed view (B of x @ W; B, and A with wide rows, of a weight
+    gradient), x's columns are memory rows, read from start to end."""
     R, K = x.shape
     full = min(out.shape[0], R // W)   # panels with no row past R
     for k in range(K):
@@ -256,10 +258,11 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     columns (a multiple of NR); the tasks of one column block are adjacent. For each run of
     such tasks and each slice of KC values of k, the B block's slice is packed once
     (cols * KC values: it stays in L2) and every row block of the run is multiplied by it.
-    A with contiguous rows is read in place, MR rows at a time (the last M % MR rows from a
-    zero-padded copy); any other A, such as the transposed activations of a weight gradient,
-    is packed into panels of MR rows, laid out k-major, as B is. A small B with contiguous
-    rows is read in place (`b_in_place`)."""
+    A takes one of three paths: with contiguous rows it is read in place, MR rows at a time
+    (the last M % MR rows from a zero-padded copy); with contiguous columns and a row stride
+    under 2 KiB (x^T of a weight gradient) MR of its rows are read in place as a panel (the
+    last partial panel is packed); any other A is packed into panels of MR rows, laid out
+    k-major, as B is. A small B with contiguous rows is read in place (`b_in_place`)."""
     P, M, N = c.shape
     K = a.shape[2]
     lanes = VECTOR_BYTES // c.itemsize
@@ -433,7 +436,7 @@ def matmul(a, b):
     threads 0.93-1.27x, and 1.58-1.78x on attention shapes (OpenBLAS runs a batch of small
     products one at a time). Against MKL (PyTorch's matmul, one thread, same process), the
     forward and backward products of the small benchmark model's layers ran at 0.93-0.96x,
-    the tiny model's at 0.93-0.95x.
+    the tiny model's at 0.97-0.98x (with the C prefetch).
     Using one engine for every large product also keeps OpenBLAS's threads, which spin for a
     while after each call, from competing with Numba's for the cores (threads.py): the tiny
     training step at 2 threads went from 108 ms (OpenBLAS products) to 89 ms (gemm), before
