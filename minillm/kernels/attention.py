@@ -36,7 +36,7 @@ import numpy as np
 from numba import prange, types
 
 from . import checks
-from .gemm import MR, NV, ROWS, VECTOR_BYTES, compiled, signature
+from .gemm import MR, PANEL_BYTES, ROWS, compiled, signature
 from .softmax_fused import _row_exp, _row_max
 from .threads import Pointer, jit, specialise
 
@@ -106,7 +106,7 @@ def _product(work, a, bt, c):
             for j in range(N):
                 c[0, i, j] = 0
         return
-    zero, no_bias, nr = np.zeros(1, np.intp), np.empty(0, c.dtype), NV * VECTOR_BYTES // c.itemsize
+    zero, no_bias, nr = np.zeros(1, np.intp), np.empty(0, c.dtype), PANEL_BYTES // c.itemsize
     rows = min(ROWS, -(-M // MR) * MR)     # tasks: blocks of rows, each with every column
     work(a, bt, c, zero, zero, no_bias, rows, -(-N // nr) * nr, 0, -(-M // rows))
 
@@ -251,11 +251,11 @@ def _kernel(launcher, head, dtype, spec):
 @functools.lru_cache(maxsize=None)
 def _signature(dtype, spec):
     """Numba types for a compact spec: r3/r4 a read-only 3-D/4-D array of `dtype` of any
-    layout, R4 a read-only and W3/W4 writable C-contiguous ones (rows the softmax loops run along: with a stride known
-    to be 1 they vectorise), i an index, I a read-only C index array, M the read-only C
-    bool mask rows, b a bool, f a `dtype` scalar. One compiled copy
-    per dtype then serves every layout of q, k, v (column blocks of a qkv projection,
-    contiguous arrays, ...)."""
+    layout; R4 a read-only and W3/W4 writable C-contiguous one (rows the softmax loops run
+    along: with a stride known to be 1 they vectorise); i an index, I a read-only C index
+    array, M the read-only C bool mask rows, b a bool, f a `dtype` scalar, F gemm's `_work`
+    as a function pointer. One compiled copy per dtype then serves every layout of q, k, v
+    (column blocks of a qkv projection, contiguous arrays, ...)."""
     dt = numba.from_dtype(np.dtype(dtype))
     arr = lambda n, layout, ro: types.Array(dt, n, layout, readonly=ro)  # noqa: E731
     table = {"r3": arr(3, "A", True), "r4": arr(4, "A", True), "R4": arr(4, "C", True),

@@ -75,6 +75,7 @@ MR = 6          # rows of A per register tile
 # accumulators need 24 of AVX-512's 32 vector registers; AVX2 has 16, so it gets 6 x 2
 NV = 4 if VECTOR_BYTES == 64 else 2
 NV_NARROW = NV // 2   # ... for B of at most half as many columns (attention's per-head products)
+PANEL_BYTES, NARROW_BYTES = NV * VECTOR_BYTES, NV_NARROW * VECTOR_BYTES   # a panel row: NR * itemsize
 KC = 256        # depth of one pass over K
 B_IN_PLACE = 2  # B with at most this many panels of contiguous rows is read in place
 UNROLL = 4      # steps of k per trip of the tile's loop: fewer loop and address instructions per FMA
@@ -86,8 +87,8 @@ PARALLEL_WORK = 1 << 20   # multiply-adds per thread below which a thread is not
 def panel_width(dtype, n=None):
     """NR: the columns of one B panel for this dtype, and for a B of n columns: the narrow
     tile's when n fits in it (a wide tile would waste half its work or more)."""
-    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
-    return NV_NARROW * lanes if n is not None and n <= NV_NARROW * lanes else NV * lanes
+    size = np.dtype(dtype).itemsize
+    return NARROW_BYTES // size if n is not None and n <= NARROW_BYTES // size else PANEL_BYTES // size
 
 
 def _make_tile(panel, nv):
@@ -265,9 +266,8 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     k-major, as B is. A small B with contiguous rows is read in place (`b_in_place`)."""
     P, M, N = c.shape
     K = a.shape[2]
-    lanes = VECTOR_BYTES // c.itemsize
-    narrow = N <= NV_NARROW * lanes   # the narrow tile: as `panel_width`
-    nr = NV_NARROW * lanes if narrow else NV * lanes
+    narrow = N <= NARROW_BYTES // c.itemsize   # the narrow tile: as `panel_width`
+    nr = NARROW_BYTES // c.itemsize if narrow else PANEL_BYTES // c.itemsize
     in_place = a.strides[2] == a.itemsize
     # A with contiguous columns (x^T in a weight gradient x^T @ dy): MR of its rows are already
     # a panel, k-major with x's row stride; only a last partial panel is packed (padded). Not
@@ -294,9 +294,9 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
             if b_in_place:
                 pass
             elif narrow:   # nr as a constant in each call, so that `_pack` unrolls its inner loop
-                _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], NV_NARROW * VECTOR_BYTES // c.itemsize)
+                _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], NARROW_BYTES // c.itemsize)
             else:
-                _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], NV * VECTOR_BYTES // c.itemsize)
+                _pack(bt[ib[p], c0:c0 + cols, k0:k1], bp[:nb, :k1 - k0], PANEL_BYTES // c.itemsize)
             a_p, c_p, kk = a[ia[p], :, k0:k1], c[p], k1 - k0     # views made once, not per tile
             for rb in range(t % row_blocks, t % row_blocks + run - t):
                 r0, r1 = rb * rows, min(M, rb * rows + rows)
