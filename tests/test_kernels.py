@@ -4,6 +4,8 @@ Shapes, dtypes, masks and layouts are drawn by hypothesis; the values come from 
 NumPy generator (drawing millions of floats through hypothesis would be slow). Tolerances
 are ULP-scaled: a few float epsilons times the size of the quantities involved.
 """
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -86,6 +88,25 @@ def test_gemm_tiles_exactly_on_integers():
             bn = np.ascontiguousarray(bd[:, :n])
             assert np.array_equal(F.gemm(an, bn), an @ bn)
             assert np.array_equal(F.gemm(an, bd[:, :n]), an @ bn)   # rows with a stride
+
+
+def test_gemm_b_in_place_or_packed_by_alignment():
+    # A B of one or two whole panels with contiguous rows is read in place when it starts on
+    # a 64-byte line or when A has fewer than PACK_FROM_ROWS rows, and packed otherwise:
+    # both paths, at every 16-byte offset, in both dtypes, must give the exact product.
+    rng = np.random.default_rng(2)
+    gemm = importlib.import_module("minillm.kernels.gemm")
+    for dtype in (np.float32, np.float64):
+        a = rng.integers(-4, 5, (gemm.PACK_FROM_ROWS + 44, 70)).astype(dtype)
+        for n in (16, 32, 64, 128):
+            b = rng.integers(-4, 5, (70, n)).astype(dtype)
+            for offset in (0, 16, 32, 48):
+                buf = np.empty(b.nbytes + 128, np.uint8)
+                start = -buf.ctypes.data % 64 + offset
+                placed = buf[start:start + b.nbytes].view(dtype).reshape(b.shape)
+                placed[...] = b
+                for rows in (a.shape[0], 100):
+                    assert np.array_equal(F.gemm(a[:rows], placed), a[:rows] @ b), (dtype, n, offset, rows)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -30,7 +30,11 @@ How a fast GEMM is built (read from the inside out):
    stride (weight gradients of the tiny model's 128-wide layers: 0.81-0.86x -> 0.89-0.95x of
    MKL). Packing costs O(MK + KN) against the product's O(MNK). A B of at most B_IN_PLACE
    whole panels with contiguous rows (attention's per-head P v, dS k, ...) is read in place:
-   there packing would be a large share of a small product.
+   there packing would be a large share of a small product. Unless it is not 64-byte aligned
+   and A has PACK_FROM_ROWS rows or more: a vector load that straddles two cache lines costs
+   two, and NumPy's arrays start 16 or 48 bytes past a line (1024 x 128 @ 128 x 128: 237 us
+   read in place, 203 us packed; for the same reason the packed panels are aligned, as
+   Numba's own np.empty starts 32 bytes past a line: K = 16, N = 512, 192 -> 145 us).
 3. `_work` walks K in slices of KC: it packs the slice of a B block once (KC x NR values per
    panel: a panel stays in L1 or L2 while the tile sweeps the rows of A, which stay in L2) and
    multiplies every row block of its tasks by it, adding each tile into C (the first slice
@@ -77,7 +81,8 @@ NV = 4 if VECTOR_BYTES == 64 else 2
 NV_NARROW = NV // 2   # ... for B of at most half as many columns (attention's per-head products)
 PANEL_BYTES, NARROW_BYTES = NV * VECTOR_BYTES, NV_NARROW * VECTOR_BYTES   # a panel row: NR * itemsize
 KC = 256        # depth of one pass over K
-B_IN_PLACE = 2  # B with at most this many panels of contiguous rows is read in place
+B_IN_PLACE = 2  # B with at most this many panels of contiguous rows is read in place ...
+PACK_FROM_ROWS = 256   # ... unless it is not 64-byte aligned and A has this many rows: then packing pays
 UNROLL = 4      # steps of k per trip of the tile's loop: fewer loop and address instructions per FMA
 ROWS = 96       # rows of A per task, at most: 16 panels, ~100 KiB of packed A in L2 at K = 256
 GEMM_MIN_WORK = 1 << 18   # multiply-adds from which `matmul` uses gemm: below, OpenBLAS runs on one thread
@@ -207,17 +212,40 @@ def _copy(x, out):
 
 
 @jit()
+def _aligned(shape, dtype):
+    """np.empty(shape, dtype) starting on a 64-byte boundary. Numba's np.empty starts 32 bytes
+    past one, so every 64-byte vector load from a packed panel would straddle two cache lines."""
+    n = 1
+    for s in shape:
+        n *= s
+    buf = np.empty(n + 64, dtype)
+    skip = (-buf.ctypes.data) % 64 // buf.itemsize
+    return buf[skip:skip + n].reshape(shape)
+
+
+@jit()
 def _pack(x, out, W):
     """out[g, k, w] = x[g * W + w, k] for x (R, K), out (G, K, W); zero past row R.
-    Callers pass W as a constant (MR or NR), so LLVM unrolls the w loop. The loop over k is
-    outermost: when x is a transposed view (B of x @ W; B, and A with wide rows, of a weight
-    gradient), x's columns are memory rows, read from start to end."""
+    Callers pass W as a constant (MR or NR), so LLVM unrolls the w loop. When x's columns
+    are memory rows (B = a contiguous matrix, seen transposed as bt), the loop over k is
+    outermost, so they are read from start to end. When x's rows are (B = W^T, the dx of a
+    linear layer), each row is read one 64-byte line at a time: going down a column instead
+    would touch W rows a K-row stride apart, which with K a power of two all fall in a few
+    sets of the L1 cache and evict each other at every k (a 128 x 256 slice of W: 31 -> 21 us)."""
     R, K = x.shape
     full = min(out.shape[0], R // W)   # panels with no row past R
-    for k in range(K):
+    if x.strides[1] == x.itemsize:
+        line = 64 // x.itemsize
         for g in range(full):
-            for w in range(W):
-                out[g, k, w] = x[g * W + w, k]
+            for k0 in range(0, K, line):
+                for w in range(W):
+                    for k in range(k0, min(K, k0 + line)):
+                        out[g, k, w] = x[g * W + w, k]
+    else:
+        for k in range(K):
+            for g in range(full):
+                for w in range(W):
+                    out[g, k, w] = x[g * W + w, k]
     for g in range(full, out.shape[0]):
         for k in range(K):
             for w in range(W):
@@ -277,9 +305,10 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     # B read in place, not packed: when it has at most B_IN_PLACE whole panels with contiguous
     # rows (the per-head products of attention: P v, dS k, ...), packing would cost a large
     # part of the product, and so few rows stay in L1 anyway
-    b_in_place = bt.strides[1] == bt.itemsize and N % nr == 0 and N <= B_IN_PLACE * nr
+    b_in_place = (bt.strides[1] == bt.itemsize and N % nr == 0 and N <= B_IN_PLACE * nr
+                  and (M < PACK_FROM_ROWS or bt.ctypes.data % 64 == 0 and bt.strides[0] % 64 == 0 and bt.strides[2] % 64 == 0))
     row_blocks, col_blocks = (M + rows - 1) // rows, (N + cols - 1) // cols
-    bp = np.empty((cols // nr, KC, nr), c.dtype)
+    bp = _aligned((cols // nr, KC, nr), c.dtype)
     ap = np.empty((0 if in_place else 1 if panels_in_place else rows // MR, KC, MR), c.dtype)
     edge = np.zeros((MR, KC), c.dtype)
     ct = np.empty((MR, nr), c.dtype)
