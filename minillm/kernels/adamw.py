@@ -18,24 +18,19 @@ from numba import prange
 from . import checks
 from .threads import jit
 
-CHUNK = 4096   # elements per parallel task
-
-
 @jit(parallel=True)
 def _adamw(p, g, m, v, decay, b1, b2, step, root2, eps):
     f = p.dtype.type
     decay, b1, b2, c1, c2 = f(decay), f(b1), f(b2), f(1 - b1), f(1 - b2)
     step, root2, eps = f(step), f(root2), f(eps)
-    n = p.size
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        start = c * CHUNK
-        for j in range(min(CHUNK, n - start)):   # from 0: a loop from `start` would stay scalar
-            i = start + j
-            gi = g[i]
-            mi = m[i] * b1 + gi * c1
-            vi = v[i] * b2 + gi * gi * c2
-            m[i], v[i] = mi, vi
-            p[i] = p[i] * decay - mi / (np.sqrt(vi) / root2 + eps) * step
+    # one flat prange, not a prange over chunks with a loop inside: LLVM did not vectorise
+    # that inner loop, which ran 6x slower (65,536 float32: 124 -> 19 us, one thread)
+    for i in prange(p.size):
+        gi = g[i]
+        mi = m[i] * b1 + gi * c1
+        vi = v[i] * b2 + gi * gi * c2
+        m[i], v[i] = mi, vi
+        p[i] = p[i] * decay - mi / (np.sqrt(vi) / root2 + eps) * step
 
 
 def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
