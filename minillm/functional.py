@@ -90,7 +90,8 @@ def linear(x, weight, bias=None):
     graph until the backward. Here x is viewed as (B*T, d_in), so forward and backward are
     each one matrix product per operand, the bias is added inside the product
     (`kernels.linear`: the GEMM's register tile starts from it), and one array is kept:
-        dx = g W^T,   dW = x^T g,   db = sum of g over rows     (g viewed as (B*T, d_out)).
+        dx = g W^T,   dW = x^T g,   db = sum of g over rows     (g viewed as (B*T, d_out)),
+    dW and db from one product (`kernels.weight_gradients`).
     """
     x, w = _t(x), _t(weight)
     b = None if bias is None else _t(bias)
@@ -108,6 +109,8 @@ def linear(x, weight, bias=None):
     def vjp(g):
         g2 = g.reshape(-1, d_out)
         dx = K.matmul(g2, w.data.T).reshape(x.shape) if x.requires_grad else None
+        if b is not None and w.requires_grad and b.requires_grad:
+            return (dx,) + K.weight_gradients(x2, g2)             # both from one product
         dw = K.matmul(x2.T, g2) if w.requires_grad else None
         return (dx, dw) + (() if b is None else (K.sum_rows(g2),))
 

@@ -129,6 +129,42 @@ def test_gemm_weight_gradient_exactly_on_integers(threads):
         K.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradients_exactly_on_integers(threads):
+    # dW = x^T g and db = column sums of g from one product: the row of ones rides in A's last
+    # tile. Every A path: x^T with contiguous rows (x in Fortran order, read in place), read
+    # as panels in place (rows under 2 KiB), packed (600 columns); K = x's columns with
+    # K % 6 != 0 (ones in the padding) and == 0 (a tile of its own); R = 2048 lets two
+    # threads split the rows and add their partial sums; R = 500 does not.
+    rng = np.random.default_rng(3)
+    before = K.num_threads()
+    try:
+        K.set_num_threads(threads)
+        for dtype in (np.float32, np.float64):
+            for R in (2048, 500):
+                g = rng.integers(-4, 5, (R, 130)).astype(dtype)
+                for cols in (128, 126, 600):
+                    x = rng.integers(-4, 5, (R, cols)).astype(dtype)
+                    for xv in (x, np.asfortranarray(x), x[:, :cols // 2]):
+                        dw, db = F.weight_gradients(xv, g)
+                        assert np.array_equal(dw, xv.T @ g), (dtype, R, xv.shape, xv.strides)
+                        assert np.array_equal(db, g.sum(axis=0)), (dtype, R, xv.shape, xv.strides)
+    finally:
+        K.set_num_threads(before)
+
+
+@given(st.integers(0, 40), st.integers(1, 20), st.integers(1, 70), DTYPES, DTYPES, layouts, seeds)
+def test_weight_gradients_equal_numpy(r, k, n, dx, dg, layout, seed):
+    rng = np.random.default_rng(seed)
+    x, g = sample(rng, (r * 7, k * 7), dx, layout), sample(rng, (r * 7, n), dg, 0)
+    want_w, want_b = R.weight_gradients(x, g)
+    for got_w, got_b in (F.weight_gradients(x, g), K.weight_gradients(x, g)):
+        assert got_w.dtype == got_b.dtype == np.result_type(x, g)
+        ulps = 2 * (x.shape[0] + 1)   # sums of R products, in another order than NumPy's
+        close(got_w, want_w, scale=1 + np.abs(x).T.astype(np.float64) @ np.abs(g), ulps=ulps)
+        close(got_b, want_b, scale=1 + np.abs(g).sum(axis=0), ulps=ulps)
+
+
 @st.composite
 def linear_case(draw):
     """x (R, K) @ w (K, N) + b: rows around the tile and task edges, N around the panel edge,
@@ -449,6 +485,7 @@ def test_mixed_dtypes_promote_like_numpy():
      ValueError, ["adamw_update", "(3,)", "(4,)"]),
     (lambda: F.add_bias(np.ones((2, 3)), np.ones(2)), ValueError, ["add_bias", "(3,)", "(2,)"]),
     (lambda: F.linear(np.ones((2, 3)), np.ones((4, 5))), ValueError, ["linear", "(2, 3)", "(4, 5)"]),
+    (lambda: F.weight_gradients(np.ones((2, 3)), np.ones((4, 5))), ValueError, ["weight_gradients", "(2, 3)", "(4, 5)"]),
     (lambda: F.linear(np.ones((2, 3)), np.ones((3, 5)), np.ones(4)), ValueError, ["linear", "b", "(5,)", "(4,)"]),
     (lambda: F.linear(np.ones((2, 3)), np.ones((3, 5), int)), TypeError, ["linear", "w", "int"]),
     (lambda: F.add_bias(np.ones((3, 2)).T, np.ones(3)), ValueError, ["add_bias", "C-contiguous"]),

@@ -11,7 +11,8 @@ loads Numba. Threads: MINILLM_NUM_THREADS or `set_num_threads(n)` sets both Numb
 OpenBLAS's thread count (policy in `threads.py`). `gemm(a, b)` (also `matmul.gemm`) is the
 hand-written GEMM; `matmul` uses it for every product of at least 2^18 multiply-adds and
 OpenBLAS below (measured in `gemm.py`); `linear(x, w, b)` is a linear layer's forward, with
-the bias added inside the GEMM.
+the bias added inside the GEMM, and `weight_gradients(x, g)` its weight and bias gradients
+from one GEMM.
 Importing this package also sets the allocator policy of `memory.py` (freed arrays stay in
 the process, so a training step's arrays do not page-fault afresh every step).
 """
@@ -79,6 +80,7 @@ def _impl():
 
 def matmul(a, b): return _impl().matmul(a, b)
 def linear(x, w, b=None): return _impl().linear(x, w, b)
+def weight_gradients(x, g): return _impl().weight_gradients(x, g)
 def softmax(x, mask=None, causal=False): return _impl().softmax(x, mask, causal)
 def softmax_backward(y, dy, out=None): return _impl().softmax_backward(y, dy, out)
 def log_softmax(x, mask=None, causal=False): return _impl().log_softmax(x, mask, causal)

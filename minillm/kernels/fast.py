@@ -18,10 +18,10 @@ from .attention import attention_backward, attention_forward
 from .bias import add_bias, sum_rows
 from .embedding import embedding_backward
 from .fused import cross_entropy, cross_entropy_backward, gelu, gelu_backward, layer_norm, layer_norm_backward
-from .gemm import gemm, linear, matmul
+from .gemm import gemm, linear, matmul, weight_gradients
 from .softmax_fused import log_softmax, log_softmax_backward, softmax, softmax_backward
 
-__all__ = ["matmul", "gemm", "linear", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
+__all__ = ["matmul", "gemm", "linear", "weight_gradients", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
            "gelu", "gelu_backward", "layer_norm", "layer_norm_backward", "cross_entropy",
            "cross_entropy_backward", "adamw_update",
            "attention_forward", "attention_backward", "add_bias", "sum_rows", "embedding_backward"]

@@ -291,9 +291,14 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     (the last M % MR rows from a zero-padded copy); with contiguous columns and a row stride
     under 2 KiB (x^T of a weight gradient) MR of its rows are read in place as a panel (the
     last partial panel is packed); any other A is packed into panels of MR rows, laid out
-    k-major, as B is. A small B with contiguous rows is read in place (`b_in_place`)."""
+    k-major, as B is. A small B with contiguous rows is read in place (`b_in_place`).
+
+    C may have one row more than A: A's missing row is then taken as all ones, so C's last
+    row gets B's column sums (a bias gradient, beside the weight gradient x^T @ dy). It
+    rides in the zero-padded rows of A's last tile, for free unless A's rows fill it."""
     P, M, N = c.shape
-    K = a.shape[2]
+    MA, K = a.shape[1], a.shape[2]   # M = MA, or MA + 1 with the row of ones
+    e0 = MA - MA % MR                # the edge tile: A's last rows (zero-padded), the ones, or both
     narrow = N <= NARROW_BYTES // c.itemsize   # the narrow tile: as `panel_width`
     nr = NARROW_BYTES // c.itemsize if narrow else PANEL_BYTES // c.itemsize
     in_place = a.strides[2] == a.itemsize
@@ -330,12 +335,18 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
             for rb in range(t % row_blocks, t % row_blocks + run - t):
                 r0, r1 = rb * rows, min(M, rb * rows + rows)
                 if panels_in_place:
-                    if r1 == M and M % MR:
-                        _pack(a_p[M - M % MR:], ap[:1, :kk], MR)
+                    if r1 == M and e0 < M:
+                        _pack(a_p[e0:], ap[:1, :kk], MR)
+                        if M > MA:
+                            ap[0, :kk, MA - e0] = 1
                 elif not in_place:
                     _pack(a_p[r0:r1], ap[:(r1 - r0 + MR - 1) // MR, :kk], MR)
-                elif r1 == M and M % MR:
-                    _copy(a_p[M - M % MR:], edge[:M % MR, :kk])
+                    if r1 == M > MA:
+                        ap[(MA - r0) // MR, :kk, (MA - r0) % MR] = 1
+                elif r1 == M and e0 < M:
+                    _copy(a_p[e0:], edge[:MA - e0, :kk])
+                    if M > MA:
+                        edge[MA - e0, :kk] = 1
                 for j in range(nb):
                     j0 = c0 + j * nr
                     b_j = bt[ib[p], j0:j0 + nr, k0:k1].T if b_in_place else bp[j, :kk]
@@ -344,7 +355,7 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
                         ci, add = c_p[i0:i0 + MR, j0:j0 + nr] if whole else ct, whole and k0 > 0
                         bias_j = bias[j0:j0 + nr] if k0 == 0 else bias[:0]   # the bias starts C, once
                         if not in_place:
-                            if panels_in_place and i0 + MR <= M:
+                            if panels_in_place and i0 + MR <= MA:
                                 a_i = a_p[i0:i0 + MR].T
                             else:
                                 a_i = ap[0 if panels_in_place else (i0 - r0) // MR, :kk]
@@ -353,7 +364,7 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
                             else:
                                 _tile_panel(a_i, b_j, ci, add, bias_j)
                         else:
-                            a_i = a_p[i0:i0 + MR] if i0 + MR <= M else edge[:, :kk]
+                            a_i = a_p[i0:i0 + MR] if i0 + MR <= MA else edge[:, :kk]
                             if narrow:
                                 _tile_narrow(a_i, b_j, ci, add, bias_j)
                             else:
@@ -413,9 +424,11 @@ def gemm(a, b):
     return _gemm(*_check("gemm", a, b))
 
 
-def _gemm(a, b, batch, bias=None):
-    """a @ b (+ bias, a (N,) array of a's dtype, or None), by the Numba kernel."""
-    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+def _gemm(a, b, batch, bias=None, sums=False):
+    """a @ b (+ bias, a (N,) array of a's dtype, or None), by the Numba kernel; with sums,
+    one more row: b's column sums (as if a had a last row of ones; `weight_gradients`)."""
+    MA, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    M = MA + sums
     c = np.empty(batch + (M, N), a.dtype)
     if c.size == 0:
         return c
@@ -426,7 +439,7 @@ def _gemm(a, b, batch, bias=None):
     padded = np.zeros(0 if bias is None else -(-N // nr) * nr, a.dtype)   # whole panels: no tile reads past it
     if bias is not None:
         padded[:N] = bias
-    a3 = a.reshape((-1, M, K))
+    a3 = a.reshape((-1, MA, K))
     bt3 = np.swapaxes(b, -1, -2).reshape((-1, N, K))
     ia, ib = _batch_index(a.shape[:-2], batch), _batch_index(b.shape[:-2], batch)
     P, c3 = len(ia), c.reshape(-1, M, N)
@@ -436,7 +449,7 @@ def _gemm(a, b, batch, bias=None):
         # part per thread, and add the partial products. Split by rows or columns instead,
         # every thread would pack all of one operand, and packing is most of the cost here.
         S = threads
-        a3 = a3.reshape(M, S, K // S).transpose(1, 0, 2)      # views: part s is k in [s K/S, (s+1) K/S)
+        a3 = a3.reshape(MA, S, K // S).transpose(1, 0, 2)     # views: part s is k in [s K/S, (s+1) K/S)
         bt3 = bt3.reshape(N, S, K // S).transpose(1, 0, 2)
         parts = np.empty((S, M, N), a.dtype)
         ia = ib = np.arange(S)
@@ -481,6 +494,20 @@ def matmul(a, b):
     if b.ndim > 2 and not b.flags.c_contiguous:   # np.matmul's batched loop is ~2x slower on views
         b = np.ascontiguousarray(b)
     return np.matmul(a, b)
+
+
+def weight_gradients(x, g):
+    """(x^T @ g, g summed over rows) for x (R, K), g (R, N): a linear layer's weight and bias
+    gradients in one product. The sums come from a row of ones appended to x^T, which falls
+    in the zero padding of its last register tile (free unless K is a multiple of MR), where a
+    separate `sum_rows` reads all of g again (~2-3% of the tiny training step)."""
+    x, g = checks.floats("weight_gradients", x=x, g=g)
+    if x.ndim != 2 or g.ndim != 2 or x.shape[0] != g.shape[0]:
+        raise ValueError(f"weight_gradients: need x (R, K) and g (R, N), got x {x.shape}, g {g.shape}")
+    if x.size * g.shape[1] < GEMM_MIN_WORK:   # as `matmul`: OpenBLAS for small products
+        return np.matmul(x.T, g), g.sum(axis=0)
+    c = _gemm(x.T, g, (), sums=True)
+    return c[:-1], c[-1]
 
 
 def linear(x, w, b=None):

@@ -22,6 +22,14 @@ def linear(x, w, b=None):
     return np.matmul(x.astype(dt, copy=False), w.astype(dt, copy=False)) + b
 
 
+def weight_gradients(x, g):
+    """A linear layer's weight and bias gradients for input x (R, K) and output gradient g
+    (R, N): (x^T @ g, g summed over rows)."""
+    dt = np.result_type(x, g)
+    x, g = x.astype(dt, copy=False), g.astype(dt, copy=False)
+    return x.T @ g, g.sum(axis=0)
+
+
 def causal_mask(shape):
     """The (Tq, Tk) mask of `causal=True` for x of `shape`: query i keeps key j when
     j <= i + (Tk - Tq), i.e. the last query sees every key (bottom-right aligned)."""
