@@ -232,7 +232,16 @@ record("Numba, 2x4 register tile", n, best_time(matmul_tiled, A32, Bt32, C))
 # FMAs, 6 x 64 loads 10 per 24, and uses 29 of AVX-512's 32 vector registers; it took the
 # same products to 0.93-0.96x (7 x 64, one row more, ran at 0.81x).
 # The tile also starts each block of `C` at the layer's bias when there is one
-# (`kernels.linear`), which saves a whole pass over the output.
+# (`kernels.linear`), which saves a whole pass over the output. In the backward, a row of
+# ones appended to `x^T` makes the weight-gradient product `x^T dy` return the bias
+# gradient too, the column sums of `dy`: the row lands in the zero padding of the last
+# tile, so it is free (`kernels.weight_gradients`).
+#
+# Where the data sits matters as well. A 64-byte vector load that straddles two cache lines
+# costs two loads, and Numba's `np.empty` starts arrays 32 bytes past a line: with the
+# packed panels moved onto a line boundary, `(1024, 16) @ (16, 512)` went from 192 to 145
+# microseconds. NumPy's arrays start 16 or 48 bytes past a line, so a small `B` that the
+# tile would read in place is packed instead when `A` has many rows.
 
 # %%
 G = minillm_gemm(A32, B32)          # first call compiles, or loads the compiled code from cache
