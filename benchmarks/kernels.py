@@ -98,7 +98,7 @@ def kernel_table(F, R, rng):
         ("add_bias (2048,512) in place", lambda: F.add_bias(y2, bias), lambda: R.add_bias(y2, bias)),
         ("sum_rows (2048,512)", lambda: F.sum_rows(y2), lambda: R.sum_rows(y2)),
         ("linear (2048,128) @ (128,512) + bias", lambda: F.linear(xl, wl, bias), lambda: R.linear(xl, wl, bias)),
-        ("weight_gradients x^T g, sum g: same shapes", lambda: F.weight_gradients(xl, y2),
+        ("weight_gradients of the linear above", lambda: F.weight_gradients(xl, y2),
          lambda: R.weight_gradients(xl, y2)),
         ("embedding_backward 4096 ids, V=256, D=256", lambda: F.embedding_backward(ids, ge, 256),
          lambda: R.embedding_backward(ids, ge, 256)),
