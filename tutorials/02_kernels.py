@@ -238,10 +238,11 @@ record("Numba, 2x4 register tile", n, best_time(matmul_tiled, A32, Bt32, C))
 # tile, so it is free (`kernels.weight_gradients`).
 #
 # Where the data sits matters as well. A 64-byte vector load that straddles two cache lines
-# costs two loads, and Numba's `np.empty` starts arrays 32 bytes past a line: with the
-# packed panels moved onto a line boundary, `(1024, 16) @ (16, 512)` went from 192 to 145
-# microseconds. NumPy's arrays start 16 or 48 bytes past a line, so a small `B` that the
-# tile would read in place is packed instead when `A` has many rows.
+# costs two loads, and Numba's `np.empty` promises only 32-byte alignment (it often starts
+# arrays half a line past one): with the packed panels moved onto a line boundary,
+# `(1024, 16) @ (16, 512)` went from 192 to 145 microseconds. NumPy's arrays often start
+# 16 or 48 bytes past a line too, so a small `B` that the tile would read in place is
+# packed instead when `A` has many rows.
 
 # %%
 G = minillm_gemm(A32, B32)          # first call compiles, or loads the compiled code from cache

@@ -1,7 +1,8 @@
 """A bias added to every row, and its gradient, the sum over rows: the two halves of a
-linear layer's bias, on all threads (NumPy runs both on one). F.linear uses them for
-products too small for the GEMM, and `sum_rows` for a bias whose weight is frozen; otherwise
-the GEMM adds the bias (`gemm.linear`) and sums the gradient (`gemm.weight_gradients`).
+linear layer's bias, on all threads (NumPy runs both on one). F.linear adds the bias with
+`add_bias` after products too small for the GEMM, and sums its gradient with `sum_rows` when
+the weight needs no gradient; otherwise the GEMM does both (`gemm.linear`,
+`gemm.weight_gradients`).
 
 `add_bias(y, b)` adds b (N,) to each row of y (..., N) in place. `sum_rows(g)` sums g
 (..., N) over all leading axes: each thread sums a block of rows into its own partial sum,
