@@ -7,8 +7,9 @@ op's `vjp` is written next to its forward. The engine does the rest, in one plac
 - broadcasting: a parent's gradient is summed back to the parent's shape (`unbroadcast`);
 - ordering: `backward` sorts the graph iteratively (no recursion limit on depth) and visits
   each node once, after every node that uses it;
-- accumulation: a tensor used twice receives the sum of both contributions; gradients land
-  in `.grad` of leaf tensors that require grad and add to what is already there (PyTorch's
+- accumulation: a tensor used twice receives the sum of both contributions (a third one and
+  later are added to that sum in place: it is the engine's own array); gradients land in
+  `.grad` of leaf tensors that require grad and add to what is already there (PyTorch's
   semantics); intermediate gradients are dropped as soon as they are used.
 
 Dtypes: float arrays keep their dtype; Python scalars are weakly typed (they take the
@@ -110,20 +111,28 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape}, expected {self.shape}")
         grads = {id(self): grad}
+        summed = set()   # nodes whose gradient is a sum made here: no one else holds it
         for node in reversed(self._topological_order()):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            if node._vjp is None:  # a leaf
+            if node._vjp is None:  # a leaf: its .grad must not share memory with anything else
                 g = g.astype(node.dtype, copy=False)
-                node.grad = g.copy() if node.grad is None else node.grad + g
+                mine = id(node) in summed
+                node.grad = (g if mine else g.copy()) if node.grad is None else node.grad + g
                 continue
             for parent, pg in zip(node._parents, node._vjp(g)):
                 if pg is None or not parent.requires_grad:
                     continue
                 pg = unbroadcast(np.asarray(pg), parent.shape)
                 key = id(parent)
-                grads[key] = pg if key not in grads else grads[key] + pg
+                if key not in grads:
+                    grads[key] = pg      # may be an op's own array, or shared with another parent
+                elif key in summed and np.result_type(grads[key], pg) == grads[key].dtype:
+                    grads[key] += pg     # a sum this loop made (the branch below): added to in place
+                else:
+                    grads[key] = grads[key] + pg
+                    summed.add(key)
 
     def _topological_order(self):
         """Nodes that require grad, each after all of its parents; an explicit stack, no recursion."""

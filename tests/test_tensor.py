@@ -384,6 +384,32 @@ def test_reuse_gets_both_contributions():
     assert x.grad[0] == 7
 
 
+def test_many_uses_accumulate_in_place_without_sharing_memory():
+    # x + w hands one gradient array to both x and w; x is used three more times, so its
+    # sum is made once and then added to in place, and h's sum (h feeds three ops) too. The
+    # leaves' .grad must be right and must not share memory with each other.
+    rng = np.random.default_rng(0)
+    x = mm.Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    w = mm.Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    h = (x + w) * 2
+    y = (h + h * h + h + x + x * 3 + x).sum()    # dy/dh = 2 + 2h, dy/dx = 2 dy/dh + 5
+    y.backward()
+    dh = 2 + 2 * h.data
+    assert np.allclose(x.grad, 2 * dh + 5) and np.allclose(w.grad, 2 * dh)
+    assert not np.shares_memory(x.grad, w.grad)
+    w.grad *= 0                                   # changing one leaf's grad leaves the other alone
+    assert np.allclose(x.grad, 2 * dh + 5)
+    # here x + w is the last use of x: x and w first receive the very array the final add
+    # handed to both of its inputs, which must not be added to in place
+    x.grad = w.grad = None
+    y = ((x * 3 + x * x) + (x + w)).sum()
+    y.backward()
+    assert np.allclose(x.grad, 4 + 2 * x.data) and np.allclose(w.grad, 1)
+    x.grad = w.grad = None
+    (x + w).sum().backward()                      # one array for both, so each leaf gets a copy
+    assert not np.shares_memory(x.grad, w.grad)
+
+
 def test_backward_twice_accumulates():
     x = mm.Tensor(np.array([2.0]), requires_grad=True)
     y = (x * 3).sum()
