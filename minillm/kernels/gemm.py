@@ -83,7 +83,7 @@ NV_NARROW = NV // 2   # ... for B of at most half as many columns (attention's p
 PANEL_BYTES, NARROW_BYTES = NV * VECTOR_BYTES, NV_NARROW * VECTOR_BYTES   # a panel row: NR * itemsize
 KC = 256        # depth of one pass over K
 B_IN_PLACE = 2  # B with at most this many panels of contiguous rows is read in place ...
-PACK_FROM_ROWS = 256   # ... unless it is not 64-byte aligned and A has this many rows: then packing pays
+PACK_FROM_ROWS = 256   # ... unless it is not 64-byte aligned and C has this many rows: then packing pays
 UNROLL = 4      # steps of k per trip of the tile's loop: fewer loop and address instructions per FMA
 ROWS = 96       # rows of A per task, at most: 16 panels, ~100 KiB of packed A in L2 at K = 256
 GEMM_MIN_WORK = 1 << 18   # multiply-adds from which `matmul` uses gemm: below, OpenBLAS runs on one thread
@@ -311,9 +311,11 @@ def _work(a, bt, c, ia, ib, bias, rows, cols, t0, t1):
     panels_in_place = not in_place and a.strides[1] == a.itemsize and a.strides[2] < 2048
     # B read in place, not packed: when it has at most B_IN_PLACE whole panels with contiguous
     # rows (the per-head products of attention: P v, dS k, ...), packing would cost a large
-    # part of the product, and so few rows stay in L1 anyway
+    # part of the product, and so few rows stay in L1 anyway; but from PACK_FROM_ROWS rows of
+    # C up, only if every row starts on a 64-byte line (else each vector load reads two)
+    on_lines = bt.ctypes.data % 64 == 0 and bt.strides[0] % 64 == 0 and bt.strides[2] % 64 == 0
     b_in_place = (bt.strides[1] == bt.itemsize and N % nr == 0 and N <= B_IN_PLACE * nr
-                  and (M < PACK_FROM_ROWS or bt.ctypes.data % 64 == 0 and bt.strides[0] % 64 == 0 and bt.strides[2] % 64 == 0))
+                  and (M < PACK_FROM_ROWS or on_lines))
     row_blocks, col_blocks = (M + rows - 1) // rows, (N + cols - 1) // cols
     bp = _aligned((cols // nr, KC, nr), c.dtype)
     ap = np.empty((0 if in_place else 1 if panels_in_place else rows // MR, KC, MR), c.dtype)
