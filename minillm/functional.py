@@ -109,7 +109,7 @@ def linear(x, weight, bias=None):
     def vjp(g):
         g2 = g.reshape(-1, d_out)
         dx = K.matmul(g2, w.data.T).reshape(x.shape) if x.requires_grad else None
-        if b is not None and w.requires_grad and b.requires_grad:
+        if b is not None and w.requires_grad:
             return (dx,) + K.weight_gradients(x2, g2)             # both from one product
         dw = K.matmul(x2.T, g2) if w.requires_grad else None
         return (dx, dw) + (() if b is None else (K.sum_rows(g2),))
