@@ -264,6 +264,25 @@ def test_attention_blocks_past_the_mask_are_skipped_exactly(dtype):
             close(got, ref, scale=1 + 16 * T * d)
 
 
+def test_attention_helpers_compile_once_per_dtype():
+    """Each helper the heads call is compiled once per dtype (`attention._helpers`), whatever
+    the call sites present: P writable or read-only, a literal or variable first key, width
+    KB or RB. Numba left to itself compiles 10 copies of these 4 per dtype (seconds in all)."""
+    import importlib
+    A = importlib.import_module("minillm.kernels.attention")
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        q = rng.standard_normal((2, 100, 8)).astype(dtype)
+        keep = ((rng.random((2, 2, 100, 100)) >= 0.25) / 0.75).astype(dtype)
+        for mask, dropout in ((None, None), (np.tri(100, dtype=bool), keep)):
+            y, p = F.attention_forward(q, q, q, 2, mask, dropout)
+            F.attention_backward(q, q, q, 2, p, y, dropout)
+    for helper in (A._times, A._product):
+        assert len(helper.overloads) == 2, (helper, list(helper.overloads))      # one per dtype
+    for helper in (A._key_run, A._first_reaching):                             # no float arguments
+        assert len(helper.overloads) == 1, (helper, list(helper.overloads))
+
+
 def test_attention_bad_input_is_a_clear_error():
     x = np.ones((2, 3, 4))
     with pytest.raises(ValueError, match="positive multiple of n_heads"):
@@ -404,6 +423,42 @@ def test_fully_masked_rows_and_huge_logits():
         assert np.array_equal(y[1], np.zeros(3, np.float32))
     np.testing.assert_allclose(F.softmax(x, mask)[2], [0.5, 0.5, 0.0])
     np.testing.assert_allclose(F.softmax(x, mask)[0], [1.0, 0.0, 0.0])
+
+
+# ---------------------------------------------------------------- vexp (vmath.py)
+
+_LIMITS = {np.float32: ("MIN_32", "MAX_32"), np.float64: ("MIN_64", "MAX_64")}
+
+
+def _vexp(x):
+    """vexp over an array, in compiled code (the only place it is defined)."""
+    import numba
+    from minillm.kernels.vmath import vexp
+
+    @numba.njit
+    def each(x, out):
+        for i in range(x.size):
+            out[i] = vexp(x[i])
+    out = np.empty_like(x)
+    each(x, out)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vexp_within_one_ulp_of_exp(dtype):
+    """Every normal result within 1 ULP of exp computed in extended precision, on a grid over
+    the whole normal range and random points; below it 0, above it inf, as documented."""
+    from minillm.kernels import vmath
+    lo, hi = (getattr(vmath, name) for name in _LIMITS[dtype])
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(lo, hi, 100001), rng.uniform(lo, hi, 50000),
+                        rng.uniform(-1, 1, 50000), [0.0, -0.0, lo, hi]]).astype(dtype)
+    want = np.exp(x.astype(np.longdouble))
+    ulps = np.abs(_vexp(x).astype(np.longdouble) - want) / np.spacing(want.astype(dtype)).astype(np.longdouble)
+    exact = np.finfo(np.longdouble).eps < np.finfo(dtype).eps   # else the reference itself is 0.5 ULP off
+    assert ulps.max() < (1.0 if exact else 1.5), (ulps.max(), x[np.argmax(ulps)])
+    edges = np.array([lo - 1, 2 * lo, -np.inf, hi + 1, 2 * hi, np.inf], dtype)
+    np.testing.assert_array_equal(_vexp(edges), [0, 0, 0, np.inf, np.inf, np.inf])
 
 
 # ---------------------------------------------------------------- GELU, LayerNorm, cross-entropy

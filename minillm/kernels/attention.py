@@ -243,24 +243,40 @@ def _backward(head, work, q, qT, k, kT, v, H, p, pT, keep, dropout, c, gy, gyT, 
 @functools.lru_cache(maxsize=None)
 def _kernel(launcher, head, dtype, spec):
     """`launcher` compiled for `dtype`, and `head` as the function pointer it takes."""
+    _helpers(dtype)
     head_signature = _signature(dtype, spec + " i")
     pointer = Pointer(head, head_signature)
     return specialise(launcher, types.none(pointer.type, *head_signature.args[:-1])), pointer
 
 
 @functools.lru_cache(maxsize=None)
+def _helpers(dtype):
+    """One compiled copy of each helper the heads call with differing argument types. Left to
+    itself, Numba compiles a helper again for each combination a call site presents: P
+    read-only in the backward and writable in the forward, a first key that is the literal 0
+    on the first pass of type inference and a variable after it, a width of KB or of RB (global
+    constants, so literals): 8 copies of 3 helpers (with `_first_reaching`, 10 of 4), ~2.5 s
+    of compile per dtype on the build machine, where one copy of each serves every call."""
+    specialise(_times, _signature(dtype, "R2 R2 W2 i"))
+    specialise(_product, _signature(dtype, "F r3 r3 w3"))
+    specialise(_key_run, types.UniTuple(types.intp, 2)(*_signature(dtype, "N i i i").args))
+
+
+@functools.lru_cache(maxsize=None)
 def _signature(dtype, spec):
     """Numba types for a compact spec: r3/r4 a read-only 3-D/4-D array of `dtype` of any
-    layout; R4 a read-only and W3/W4 writable C-contiguous one (rows the softmax loops run
-    along: with a stride known to be 1 they vectorise); i an index, I a read-only C index
-    array, M the read-only C bool mask rows, b a bool, f a `dtype` scalar, F gemm's `_work`
-    as a function pointer. One compiled copy per dtype then serves every layout of q, k, v
-    (column blocks of a qkv projection, contiguous arrays, ...)."""
+    layout, w3 a writable one; R2/R4 a read-only and W2/W3/W4 a writable C-contiguous one
+    (rows the softmax loops run along: with a stride known to be 1 they vectorise); i an
+    index, I a read-only and N a writable C index array, M the read-only C bool mask rows,
+    b a bool, f a `dtype` scalar, F gemm's `_work` as a function pointer. One compiled copy
+    per dtype then serves every layout of q, k, v (column blocks of a qkv projection,
+    contiguous arrays, ...)."""
     dt = numba.from_dtype(np.dtype(dtype))
     arr = lambda n, layout, ro: types.Array(dt, n, layout, readonly=ro)  # noqa: E731
     table = {"r3": arr(3, "A", True), "r4": arr(4, "A", True), "R4": arr(4, "C", True),
              "W3": arr(3, "C", False), "W4": arr(4, "C", False), "i": types.intp,
-             "I": types.Array(types.intp, 1, "C", readonly=True),
+             "R2": arr(2, "C", True), "W2": arr(2, "C", False), "w3": arr(3, "A", False),
+             "I": types.Array(types.intp, 1, "C", readonly=True), "N": types.Array(types.intp, 1, "C"),
              "M": types.Array(types.boolean, 2, "C", readonly=True),
              "b": types.boolean, "f": dt, "F": types.FunctionType(signature(dtype))}
     return types.none(*(table[k] for k in spec.split()))

@@ -83,14 +83,16 @@ FASTMATH = {"nnan", "nsz", "reassoc", "contract", "arcp"}
 OPTIONS = dict(fastmath=FASTMATH, error_model="numpy", nogil=True)
 
 
-def jit(parallel=False):
-    """`numba.njit` with our OPTIONS, an on-disk cache when a writable location exists, and
-    optional parallel loops."""
+def jit(parallel=False, fastmath=FASTMATH):
+    """`numba.njit` with our OPTIONS (fast-math flags replaceable), an on-disk cache when a
+    writable location exists, and optional parallel loops."""
+    options = dict(OPTIONS, fastmath=fastmath, parallel=parallel)
+
     def wrap(fn):
         try:
-            return numba.njit(cache=True, **OPTIONS, parallel=parallel)(fn)
+            return numba.njit(cache=True, **options)(fn)
         except (RuntimeError, OSError, PermissionError):  # no writable cache location
-            return numba.njit(cache=False, **OPTIONS, parallel=parallel)(fn)
+            return numba.njit(cache=False, **options)(fn)
     return wrap
 
 

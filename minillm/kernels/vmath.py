@@ -23,6 +23,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .threads import jit
+
 
 def vexp(x):
     """Python-side stand-in (used only outside compiled code); Numba uses the overloads below."""
@@ -40,6 +42,11 @@ C32 = tuple(f32(1 / np.prod(np.arange(1.0, k + 1))) for k in range(8))
 C64 = tuple(f64(1 / np.prod(np.arange(1.0, k + 1))) for k in range(14))
 
 
+# No `reassoc` here: reordering `x - n*HI - n*LO` would undo the Cody-Waite split.
+EXACT = {"nnan", "nsz", "contract", "arcp"}
+
+
+@jit(fastmath=EXACT)
 def _exp32(x):
     xc = x if x > MIN_32 else MIN_32   # clamp with selects: min()/max() check for NaN
     xc = xc if xc < MAX_32 else MAX_32
@@ -60,6 +67,7 @@ def _exp32(x):
     return f32(np.inf) if x > MAX_32 else y
 
 
+@jit(fastmath=EXACT)
 def _exp64(x):
     xc = x if x > MIN_64 else MIN_64
     xc = xc if xc < MAX_64 else MAX_64
@@ -76,13 +84,15 @@ def _exp64(x):
     return np.inf if x > MAX_64 else y
 
 
-# No `reassoc` here: reordering `x - n*HI - n*LO` would undo the Cody-Waite split.
-@overload(vexp, jit_options=dict(fastmath={"nnan", "nsz", "contract", "arcp"}))
+@overload(vexp)
 def _vexp_overload(x):
+    """A call to the jit function, not the function itself: Numba resolves an overload afresh
+    in each kernel that uses it (twice in a parallel one) and would compile what it returns
+    each time, where a jit function is compiled once (and cached): 0.3 s per copy here."""
     if x == types.float32:
-        return _exp32
+        return lambda x: _exp32(x)
     if x == types.float64:
-        return _exp64
+        return lambda x: _exp64(x)
 
 
 @intrinsic
