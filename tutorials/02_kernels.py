@@ -32,7 +32,7 @@ import numpy as np
 import minillm as mm
 from minillm import functional as F
 from minillm import kernels
-from minillm.kernels.gemm import gemm as minillm_gemm   # the hand-written GEMM of minillm/kernels/gemm.py
+from minillm.kernels.gemm_kernel import gemm as minillm_gemm   # the hand-written GEMM of minillm/kernels/gemm_kernel.py
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
@@ -214,7 +214,7 @@ record("Numba, 2x4 register tile", n, best_time(matmul_tiled, A32, Bt32, C))
 # %% [markdown]
 # ## 2.6 The library's GEMM, and OpenBLAS
 #
-# minillm's GEMM (`gemm` in `minillm/kernels/gemm.py`) takes the last step that the tiles
+# minillm's GEMM (`gemm` in `minillm/kernels/gemm_kernel.py`) takes the last step that the tiles
 # above could not: it turns the dot products around into **outer products**. It copies
 # ("packs") `B` into panels of 64 columns laid out k by k (with AVX-512; 16 with AVX2),
 # and at each `k` it loads one row of the panel (4 vectors of 16 floats), broadcasts 6

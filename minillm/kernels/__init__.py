@@ -10,7 +10,7 @@ The Numba backend (`fast.py`) is imported on first use, so `MINILLM_KERNELS=nump
 loads Numba. Threads: MINILLM_NUM_THREADS or `set_num_threads(n)` sets both Numba's and
 OpenBLAS's thread count (policy in `threads.py`). `gemm(a, b)` (also `matmul.gemm`) is the
 hand-written GEMM; `matmul` uses it for every product of at least 2^18 multiply-adds and
-OpenBLAS below (measured in `gemm.py`); `linear(x, w, b)` is a linear layer's forward, with
+OpenBLAS below (measured in `gemm_kernel.py`); `linear(x, w, b)` is a linear layer's forward, with
 the bias added inside the GEMM, and `weight_gradients(x, g)` its weight and bias gradients
 from one GEMM.
 Importing this package also sets the allocator policy of `memory.py` (freed arrays stay in

@@ -38,7 +38,7 @@ def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
     checks.same_shape("adamw_update", p=p, g=g, m=m, v=v)
     for name, a in {"p": p, "m": m, "v": v}.items():
         checks.writable("adamw_update", name, a, dtype=getattr(p, "dtype", None))
-    g = np.ascontiguousarray(g, dtype=p.dtype)
+    g = np.ascontiguousarray(checks.real("adamw_update", "g", g, p.dtype))
     b1, b2 = betas
     _adamw(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), 1.0 - lr * weight_decay, b1, b2,
            lr / (1.0 - b1 ** t), math.sqrt(1.0 - b2 ** t), eps)

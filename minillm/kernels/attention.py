@@ -4,7 +4,7 @@ q (B, T, D), k and v (B, S, D) hold n_heads heads of d = D / n_heads columns eac
 of batch row b is the column block h*d:(h+1)*d of each, a (T, d) view with contiguous rows,
 which `gemm`'s tile reads in place: no head is copied out and no output copied back.
 For each (b, h), on all threads (`prange` over the B * H heads), with gemm's `_work` for the
-products (passed in as a function pointer, `gemm.compiled`):
+products (passed in as a function pointer, `gemm_kernel.compiled`):
 
     forward    P = softmax(c q k^T, mask)        into P[b, h], then, while it is in cache,
                Y = P' v                          into Y's columns of head h
@@ -36,7 +36,7 @@ import numpy as np
 from numba import prange, types
 
 from . import checks
-from .gemm import MR, PANEL_BYTES, ROWS, compiled, signature
+from .gemm_kernel import MR, PANEL_BYTES, ROWS, compiled, signature
 from .softmax_fused import _row_exp, _row_max
 from .threads import Pointer, jit, specialise
 
@@ -287,20 +287,22 @@ BACKWARD = "F r3 r3 r3 r3 r3 i R4 r4 R4 b f r3 r3 W3 r3 W3 W3 W3"
 # work q qT k kT v H p pT keep dropout c gy gyT ds dsT dq dk dv
 
 
-def _check(q, k, v, n_heads):
-    q, k, v = checks.floats("attention", q=q, k=k, v=v)
+def _check(q, k, v, n_heads, **more):
+    """q, k, v (and `more`: p and gy in the backward) promoted to one float dtype, checked."""
+    q, k, v, *more = checks.floats("attention", q=q, k=k, v=v, **more)
+    checks.integer("attention", "n_heads", n_heads, low=1)
     if q.ndim != 3 or k.ndim != 3 or k.shape != v.shape or q.shape[::2] != k.shape[::2]:
         raise ValueError(f"attention: need q (B, T, D) and k, v (B, S, D), got {q.shape}, {k.shape}, {v.shape}")
     if n_heads < 1 or q.shape[-1] % n_heads or q.shape[-1] == 0:
         raise ValueError(f"attention: D ({q.shape[-1]}) must be a positive multiple of n_heads ({n_heads})")
-    return q, k, v
+    return (q, k, v, *more)
 
 
 def _keep(keep, shape, dtype):
     if keep is None:
         return np.zeros((1, 1, 1, 1), dtype), False
     checks.same_shape("attention", keep=keep, scores=np.empty(shape, bool))
-    return np.ascontiguousarray(keep, dtype=dtype), True
+    return np.ascontiguousarray(checks.real("attention", "keep", keep, dtype)), True
 
 
 def attention_forward(q, k, v, n_heads, mask=None, keep=None):
@@ -329,16 +331,15 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
 
 def attention_backward(q, k, v, n_heads, p, gy, keep=None):
     """(dQ, dK, dV) for the output gradient gy (B, T, D), given P from attention_forward."""
-    q, k, v = _check(q, k, v, n_heads)
+    q, k, v, p, gy = _check(q, k, v, n_heads, p=p, gy=gy)
     (B, T, D), S = q.shape, k.shape[1]
     checks.same_shape("attention_backward", gy=gy, q=q)
     checks.same_shape("attention_backward", p=p, scores=np.empty((B, n_heads, T, S), bool))
     keep, dropout = _keep(keep, p.shape, q.dtype)
-    gy = np.asarray(gy, q.dtype)
     dq, dk, dv = np.empty(q.shape, q.dtype), np.empty(k.shape, q.dtype), np.empty(v.shape, q.dtype)
     d = D // n_heads
     if q.size and S:
-        p = np.ascontiguousarray(p, q.dtype)
+        p = np.ascontiguousarray(p)
         ds = np.empty((B * n_heads, T, S), q.dtype)    # dP, then dS, of every head
         t = (lambda a: a.transpose(0, 2, 1))
         work = compiled(q.dtype)

@@ -1,8 +1,8 @@
 """A bias added to every row, and its gradient, the sum over rows: the two halves of a
 linear layer's bias, on all threads (NumPy runs both on one). F.linear adds the bias with
 `add_bias` after products too small for the GEMM, and sums its gradient with `sum_rows` when
-the weight needs no gradient; otherwise the GEMM does both (`gemm.linear`,
-`gemm.weight_gradients`).
+the weight needs no gradient; otherwise the GEMM does both (`gemm_kernel.linear`,
+`gemm_kernel.weight_gradients`).
 
 `add_bias(y, b)` adds b (N,) to each row of y (..., N) in place. `sum_rows(g)` sums g
 (..., N) over all leading axes: each thread sums a block of rows into its own partial sum,
@@ -46,10 +46,14 @@ def _sum_rows(g, out):
 def add_bias(y, b):
     """y += b over the last axis, in place; returns y (a C-contiguous float array)."""
     checks.writable("add_bias", "y", y)
+    checks.at_least_1d("add_bias", "y", y)
     if np.shape(b) != y.shape[-1:]:
         raise ValueError(f"add_bias: b must have shape {y.shape[-1:]}, got {np.shape(b)}")
+    b = checks.real("add_bias", "b", b, y.dtype)
+    if np.may_share_memory(y, b):   # b a view into y: rows written first would change it
+        b = b.copy()
     if y.size:
-        _add_bias(y.reshape(-1, y.shape[-1]), np.asarray(b, y.dtype))
+        _add_bias(y.reshape(-1, y.shape[-1]), b)
     return y
 
 

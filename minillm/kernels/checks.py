@@ -2,8 +2,15 @@
 names the function, the argument and the shapes, never a Numba typing error.
 
 The dtype rule for every kernel: float32 and float64 only; mixed inputs are promoted with
-NumPy's `np.result_type` (float32 with float64 gives float64), as NumPy itself would.
+NumPy's `np.result_type` (float32 with float64 gives float64), as NumPy itself would. Two
+kinds of argument take another's dtype instead: what is added into an array updated in
+place (`add_bias`'s b, AdamW's gradient), as NumPy's `+=` casts it, and arrays a backward
+pass gets back from its forward (cross-entropy's lse, attention's dropout multipliers).
+Those may hold any real numbers (float, int, bool); complex or object arrays are an error,
+never silently cast.
 """
+import math
+
 import numpy as np
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -21,6 +28,32 @@ def floats(fn, **arrays):
             raise TypeError(f"{fn}: {name} must be float32 or float64, got {a.dtype}")
     dt = np.result_type(*arrays.values())
     return [a.astype(dt, copy=False) for a in arrays.values()]
+
+
+def real(fn, name, a, dtype):
+    """a as an array of `dtype` (see the rule above); TypeError unless it holds real numbers."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{fn}: {name} must hold real numbers, got dtype {a.dtype}")
+    return a.astype(dtype, copy=False)
+
+
+def number(fn, name, value, low=0.0):
+    """value as a float: a finite real scalar (Python or NumPy) >= low."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value >= low):
+        raise ValueError(f"{fn}: {name} must be a finite number >= {low}, got {value}")
+    return float(value)
+
+
+def integer(fn, name, value, low=-2**63, high=2**63 - 1):
+    """value as an int: a Python or NumPy integer (not a bool) in [low, high]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an integer, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{fn}: {name} must lie in [{low}, {high}], got {value}")
+    return int(value)
 
 
 def same_shape(fn, **arrays):

@@ -32,6 +32,8 @@ def embedding_backward(ids, g, num_embeddings):
     (*ids.shape, D)."""
     ids = np.asarray(ids)
     (g,) = checks.floats("embedding_backward", g=g)
+    checks.at_least_1d("embedding_backward", "g", g)
+    num_embeddings = checks.integer("embedding_backward", "num_embeddings", num_embeddings, low=0)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding_backward: ids must be integers, got dtype {ids.dtype}")
     if g.shape[:-1] != ids.shape:

@@ -1,7 +1,7 @@
 """The Numba backend: the same functions, signatures and results as `reference.py`.
 
 Each kernel lives in a file with one job:
-  gemm.py           matrix products, and a linear layer's forward with its bias
+  gemm_kernel.py    matrix products, and a linear layer's forward with its bias
   softmax_fused.py  masked/causal softmax and log-softmax
   fused.py          GELU, LayerNorm, cross-entropy
   attention.py      multi-head attention fused per head
@@ -18,7 +18,7 @@ from .attention import attention_backward, attention_forward
 from .bias import add_bias, sum_rows
 from .embedding import embedding_backward
 from .fused import cross_entropy, cross_entropy_backward, gelu, gelu_backward, layer_norm, layer_norm_backward
-from .gemm import gemm, linear, matmul, weight_gradients
+from .gemm_kernel import gemm, linear, matmul, weight_gradients
 from .softmax_fused import log_softmax, log_softmax_backward, softmax, softmax_backward
 
 __all__ = ["matmul", "gemm", "linear", "weight_gradients", "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",

@@ -8,8 +8,12 @@ Numerical choices:
   * GELU (tanh form) as x * sigmoid(2u), u = c (x + 0.044715 x^3), since
     0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation for large negative x, and the
     sigmoid uses `vexp`, which vectorises (np.tanh / np.exp inside Numba are scalar here).
+  * GELU's backward is exactly 1 or 0 from |x| = GELU_FLAT up, where its second term,
+    computed, would be 0 * inf once x^3 overflows.
   * LayerNorm uses two passes over the row (mean, then variance of x - mean): the row is in
-    L1 cache, and it avoids E[x^2] - E[x]^2 cancellation. Its weight/bias gradients are
+    L1 cache, and it avoids E[x^2] - E[x]^2 cancellation. Its 1/sqrt is exact (compiled
+    without `arcp`, threads.NO_ARCP): 1 ULP closer, and inf or 0 where the fast estimate gave
+    nan; ~10 ns a row (LayerNorm of (16, 128, 128) float32: 0.17 -> 0.19 ms, 1 thread). Its weight/bias gradients are
     summed over rows in per-task float64 partial sums (no race between threads).
   * Cross-entropy's log-sum-exp subtracts the row max before `vexp`, so large logits
     never overflow.
@@ -20,21 +24,25 @@ import numpy as np
 from numba import prange
 
 from . import checks
-from .threads import jit
+from .threads import NO_ARCP, jit
 from .vmath import vexp, vmax
 
 GELU_C, GELU_A = math.sqrt(2 / math.pi), 0.044715
+GELU_FLAT = 1e4   # from |x| = GELU_FLAT up, s below is exactly 0 or 1 and GELU'(x) exactly 0 or 1
 
 
 @jit(parallel=True)
 def _gelu(x, dy, out, backward):
     # constants in x's dtype: a bare Python 2 or 1.0 would promote float32 maths to float64
     one, c2, a, a3 = x.dtype.type(1), x.dtype.type(2 * GELU_C), x.dtype.type(GELU_A), x.dtype.type(3 * GELU_A)
+    zero, flat = x.dtype.type(0), x.dtype.type(GELU_FLAT)
     for i in prange(x.size):
         v = x[i]
         s = one / (one + vexp(-c2 * (v + a * v * v * v)))       # sigmoid(2u) = (1 + tanh u) / 2
         if backward:                                            # d/dx [x s] with ds/du = 2 s (1 - s)
-            out[i] = dy[i] * (s + c2 * v * s * (one - s) * (one + a3 * v * v))
+            d = c2 * v * s * (one - s) * (one + a3 * v * v)
+            # d is 0 for flat x, but computed there it can be 0 * inf = nan (v^3 overflows)
+            out[i] = dy[i] * (s + (d if abs(v) < flat else zero))
         else:
             out[i] = v * s
 
@@ -61,7 +69,7 @@ def gelu_backward(x, dy):
     return out
 
 
-@jit(parallel=True)
+@jit(parallel=True, fastmath=NO_ARCP)   # rstd exact: 1/sqrt(0) = inf, 1/sqrt(inf) = 0
 def _layer_norm(x, w, b, eps, y, mean, rstd):
     R, N = x.shape
     zero, one, inv_n = x.dtype.type(0), x.dtype.type(1), x.dtype.type(1 / N)
@@ -112,14 +120,18 @@ def _ln_params(fn, x, weight, bias):
 
 
 def layer_norm(x, weight, bias, eps):
-    """Returns (y, mean, rstd); mean and rstd have shape x.shape[:-1] + (1,)."""
+    """Returns (y, mean, rstd); mean and rstd have shape x.shape[:-1] + (1,). Rows of no
+    values (N = 0) have mean and rstd nan, as NumPy's mean of nothing."""
     N = _ln_params("layer_norm", x, weight, bias)
+    eps = checks.number("layer_norm", "eps", eps)
     x, w, b = checks.floats("layer_norm", x=x, weight=np.ones(N, np.asarray(x).dtype) if weight is None else weight,
                             bias=np.zeros(N, np.asarray(x).dtype) if bias is None else bias)
     x2 = checks.rows2d(x)
     y, mean, rstd = np.empty(x.shape, x.dtype), np.empty(x2.shape[0], x.dtype), np.empty(x2.shape[0], x.dtype)
     if x.size:
         _layer_norm(x2, np.ascontiguousarray(w), np.ascontiguousarray(b), x.dtype.type(eps), y.reshape(x2.shape), mean, rstd)
+    elif N == 0:
+        mean[:], rstd[:] = np.nan, np.nan
     lead = x.shape[:-1] + (1,)
     return y, mean.reshape(lead), rstd.reshape(lead)
 
@@ -175,6 +187,7 @@ def _cross_entropy_backward(logits, targets, lse, ignore_index, scale, out):
 
 
 def _ce_check(fn, logits, targets, ignore_index):
+    checks.integer(fn, "ignore_index", ignore_index)
     logits = np.asarray(logits)
     targets = np.asarray(targets)
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
@@ -205,8 +218,12 @@ def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
     if np.shape(lse) != targets.shape:
         raise ValueError(f"cross_entropy_backward: lse must have shape {targets.shape}, got {np.shape(lse)}")
     dt = logits.dtype
-    scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, dt), targets.shape))
+    if np.shape(scale) not in ((), targets.shape):
+        raise ValueError(f"cross_entropy_backward: scale must be a scalar or of shape {targets.shape}, "
+                         f"got {np.shape(scale)}")
+    scale = np.ascontiguousarray(np.broadcast_to(checks.real("cross_entropy_backward", "scale", scale, dt), targets.shape))
+    lse = checks.real("cross_entropy_backward", "lse", lse, dt)
     out = np.empty(logits.shape, dt)
     if len(targets):
-        _cross_entropy_backward(logits, targets, np.asarray(lse, dt), ignore_index, scale, out)
+        _cross_entropy_backward(logits, targets, lse, ignore_index, scale, out)
     return out

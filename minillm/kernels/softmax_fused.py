@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from . import checks
-from .threads import jit
+from .threads import EXACT, jit
 from .vmath import vexp, vmax
 
 
@@ -47,7 +47,7 @@ def _row_exp(xr, keep, n, m, o):
     return s
 
 
-@jit(parallel=True)
+@jit(parallel=True, fastmath=EXACT)   # no reductions here (they are in _row_max, _row_exp)
 def _forward(x, rows, idx, T, causal, log, out):
     R, N = x.shape
     for r in prange(R):
@@ -59,10 +59,10 @@ def _forward(x, rows, idx, T, causal, log, out):
             o[:n] = 0
             continue
         s = _row_exp(xr, keep, n, m, o)
-        if log:
-            shift = m + math.log(s)
+        if log:   # (x - m) - log s, in this order (EXACT): m + log s would round to m when |m| >> log s
+            ls = math.log(s)
             for j in range(n):
-                o[j] = xr[j] - shift if keep[j] else 0
+                o[j] = (xr[j] - m) - ls if keep[j] else 0
         else:
             inv = x.dtype.type(1) / s
             for j in range(n):
@@ -144,8 +144,12 @@ def softmax_backward(y, dy, out=None):
     y, dy = checks.floats("softmax_backward", y=y, dy=dy)
     out = checks.out_array("softmax_backward", out, y.shape, y.dtype)
     if y.size:
-        dy2 = checks.rows2d(dy)
+        # the kernel's in-place branch writes through dy, so it takes dy writable (a read-only
+        # dy, such as a broadcast gradient, is copied); out must be dy itself or apart from it
+        dy2 = np.require(checks.rows2d(dy), requirements="W")
         in_place = out.ctypes.data == dy2.ctypes.data   # out is dy (both C-contiguous, one shape)
+        if not in_place and (np.may_share_memory(out, dy2) or np.may_share_memory(out, y)):
+            raise ValueError("softmax_backward: out must be dy itself or share no memory with y or dy")
         _softmax_backward(checks.rows2d(y), dy2, checks.rows2d(out), in_place)
     return out
 

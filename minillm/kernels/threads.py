@@ -6,9 +6,9 @@ spinning pools steal the cores from each other: Numba's OpenMP layer beside 2 Op
 threads made a training step 2.3x slower.
 
 The policy:
-  * Every large matrix product runs in minillm's own GEMM (`gemm.py`, Numba), so a
+  * Every large matrix product runs in minillm's own GEMM (`gemm_kernel.py`, Numba), so a
     training step keeps one pool busy, Numba's; OpenBLAS sees only products too small for
-    it to wake its threads (below `gemm.GEMM_MIN_WORK`).
+    it to wake its threads (below `gemm_kernel.GEMM_MIN_WORK`).
   * Numba uses the OpenMP layer (`omp`, GNU libgomp), falling back to `workqueue` where
     libgomp is missing. A parallel region costs ~1 us to start with OpenMP against ~18 us
     with workqueue, whose idle workers sleep and must be woken for every kernel.
@@ -77,6 +77,13 @@ _prefer_512_bit_vectors()
 # Fast-math flags: `reassoc` lets LLVM split a sum or max into SIMD lanes, `nnan` lets it
 # vectorise max(); not `ninf`, because masked softmax rows use -inf as "nothing kept".
 FASTMATH = {"nnan", "nsz", "reassoc", "contract", "arcp"}
+# Code whose order of operations matters gets no `reassoc` (vexp's range reduction; log-softmax's
+# (x - max) - log(sum), which reassociated is x - (max + log(sum)) and loses log(sum) next to
+# a large max) ...
+EXACT = FASTMATH - {"reassoc"}
+# ... and 1/sqrt(x) that must be exact, no `arcp`: with it LLVM computes an approximate
+# reciprocal square root plus a Newton step, 1 ULP off and nan at x = 0 or inf (LayerNorm's rstd).
+NO_ARCP = FASTMATH - {"arcp"}
 # error_model="numpy": x / 0 gives inf or nan, as in NumPy. Numba's default ("python") raises
 # ZeroDivisionError, which puts a branch before every division and keeps the loop scalar
 # (AdamW's update ran 4.6x slower that way).

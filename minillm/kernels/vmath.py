@@ -23,7 +23,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .threads import jit
+from .threads import EXACT, jit
 
 
 def vexp(x):
@@ -42,8 +42,7 @@ C32 = tuple(f32(1 / np.prod(np.arange(1.0, k + 1))) for k in range(8))
 C64 = tuple(f64(1 / np.prod(np.arange(1.0, k + 1))) for k in range(14))
 
 
-# No `reassoc` here: reordering `x - n*HI - n*LO` would undo the Cody-Waite split.
-EXACT = {"nnan", "nsz", "contract", "arcp"}
+# No `reassoc` here (EXACT): reordering `x - n*HI - n*LO` would undo the Cody-Waite split.
 
 
 @jit(fastmath=EXACT)
