@@ -35,12 +35,15 @@ GELU_FLAT = 1e4   # from |x| = GELU_FLAT up, s below is exactly 0 or 1 and GELU'
 def _gelu(x, dy, out, backward):
     # constants in x's dtype: a bare Python 2 or 1.0 would promote float32 maths to float64
     one, c2, a, a3 = x.dtype.type(1), x.dtype.type(2 * GELU_C), x.dtype.type(GELU_A), x.dtype.type(3 * GELU_A)
-    zero, flat = x.dtype.type(0), x.dtype.type(GELU_FLAT)
+    zero, flat, inf = x.dtype.type(0), x.dtype.type(GELU_FLAT), x.dtype.type(np.inf)
     for i in prange(x.size):
         v = x[i]
-        s = one / (one + vexp(-c2 * (v + a * v * v * v)))       # sigmoid(2u) = (1 + tanh u) / 2
+        e = vexp(-c2 * (v + a * v * v * v))
+        s = one / (one + e)                                     # sigmoid(2u) = (1 + tanh u) / 2
         if backward:                                            # d/dx [x s] with ds/du = 2 s (1 - s)
-            d = c2 * v * s * (one - s) * (one + a3 * v * v)
+            # 1 - s as s e: computed as 1 - s it cancels to 0 in float32 from x ~ 4 up, where
+            # the term is still ~1e-6; and 1 where e = inf (s = 0), as 1 - s is
+            d = c2 * v * s * (s * e if e < inf else one) * (one + a3 * v * v)
             # d is 0 for flat x, but computed there it can be 0 * inf = nan (v^3 overflows)
             out[i] = dy[i] * (s + (d if abs(v) < flat else zero))
         else:

@@ -125,7 +125,8 @@ def layer_norm(x, weight, bias, eps):
         y = y * weight
     if bias is not None:
         y = y + bias
-    return y.astype(x.dtype, copy=False), mean, rstd
+    dt = np.result_type(*(a for a in (x, weight, bias) if a is not None))   # mixed dtypes: promoted
+    return y.astype(dt, copy=False), mean.astype(dt, copy=False), rstd.astype(dt, copy=False)
 
 
 def layer_norm_backward(dy, x, weight, mean, rstd):
@@ -136,7 +137,8 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     db = dy.sum(axis=lead)
     g = dy * weight if weight is not None else dy
     dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
-    return dx.astype(x.dtype, copy=False), dw, db
+    dt = np.result_type(*(a for a in (dy, x, weight, mean, rstd) if a is not None))
+    return dx.astype(dt, copy=False), dw.astype(dt, copy=False), db.astype(dt, copy=False)
 
 
 def cross_entropy(logits, targets, ignore_index):
