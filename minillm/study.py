@@ -579,7 +579,7 @@ def _plots(summary, out):
 
 def add_arguments(p):
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="smoke (seconds; for tests) | default (the study: about 7 min per seed on 2 cores) | large (6x the budget)")
+                   help="smoke (seconds; for tests) | default (the study: 7-12 min per seed on 2 cores) | large (6x the budget)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per pair (default 1; 3 for error bars)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="units run in parallel processes, the cores split between them (default: %(default)s)")
