@@ -293,7 +293,7 @@ def _check(q, k, v, n_heads, **more):
     checks.integer("attention", "n_heads", n_heads, low=1)
     if q.ndim != 3 or k.ndim != 3 or k.shape != v.shape or q.shape[::2] != k.shape[::2]:
         raise ValueError(f"attention: need q (B, T, D) and k, v (B, S, D), got {q.shape}, {k.shape}, {v.shape}")
-    if n_heads < 1 or q.shape[-1] % n_heads or q.shape[-1] == 0:
+    if q.shape[-1] % n_heads or q.shape[-1] == 0:
         raise ValueError(f"attention: D ({q.shape[-1]}) must be a positive multiple of n_heads ({n_heads})")
     return (q, k, v, *more)
 

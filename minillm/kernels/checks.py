@@ -10,6 +10,7 @@ Those may hold any real numbers (float, int, bool); complex or object arrays are
 never silently cast.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def real(fn, name, a, dtype):
 
 def number(fn, name, value, low=0.0):
     """value as a float: a finite real scalar (Python or NumPy) >= low."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__} {value!r}")
     if not (math.isfinite(value) and value >= low):
         raise ValueError(f"{fn}: {name} must be a finite number >= {low}, got {value}")
@@ -49,7 +50,7 @@ def number(fn, name, value, low=0.0):
 
 def integer(fn, name, value, low=-2**63, high=2**63 - 1):
     """value as an int: a Python or NumPy integer (not a bool) in [low, high]."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{fn}: {name} must be an integer, got {type(value).__name__} {value!r}")
     if not low <= value <= high:
         raise ValueError(f"{fn}: {name} must lie in [{low}, {high}], got {value}")
