@@ -114,7 +114,7 @@ def kernel_table(F, R, rng):
 def policy_child():
     """A training-step-like loop: products interleaved with parallel Numba kernels, the
     products once by OpenBLAS (np.matmul) and once by minillm's gemm (`matmul` today)."""
-    from minillm.kernels import fast as F
+    from minillm.fast import ops as F
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2048, 128)).astype(np.float32)
     w1, w2 = rng.standard_normal((128, 512)).astype(np.float32), rng.standard_normal((512, 128)).astype(np.float32)
@@ -138,8 +138,8 @@ def policy():
 
 def startup_child():
     t0 = time.perf_counter()
-    import minillm.kernels as K
-    from minillm.kernels import fast as F
+    from minillm.engine import kernels as K
+    from minillm.fast import ops as F
     t1 = time.perf_counter()
     times = []
     for dt in (np.float32, np.float64):
@@ -189,9 +189,9 @@ def main():
         return policy_child()
     if args.startup_child:
         return startup_child()
-    import minillm.kernels as K
-    from minillm.kernels import fast as F
-    from minillm.kernels import reference as R
+    from minillm.engine import kernels as K
+    from minillm.fast import ops as F
+    from minillm.engine import reference as R
     for n in args.threads:
         print(f"\n=== {K.set_num_threads(n)} thread(s) (Numba and OpenBLAS) ===")
         rng = np.random.default_rng(0)

@@ -113,7 +113,7 @@ class MinillmStep:
     def __init__(self, case, seed=0):
         import minillm
         from minillm import functional as F, optim
-        from minillm.models import ModelConfig, build_model
+        from minillm.model.models import ModelConfig, build_model
         self.F = F
         max_len = case["T"] // 2 if case["arch"] == "ed" else case["T"]
         cfg = ModelConfig(vocab_size=case["vocab"], d_model=case["d_model"], n_heads=case["n_heads"],
@@ -337,7 +337,7 @@ def torch_available():
 def setup_threads(n, frameworks):
     out = {}
     if "minillm" in frameworks:
-        import minillm.kernels as K
+        from minillm.engine import kernels as K
         out["minillm"] = K.set_num_threads(n)
     if "torch" in frameworks:
         import torch

@@ -42,7 +42,8 @@ class Command(NamedTuple):
 
 def commands():
     """Every subcommand, in the order ``--help`` lists them."""
-    from . import rank, study
+    from .study import rank
+    from .study import run as study
     return [
         Command("train", "train a model (new run, --resume or --force)", add_train_arguments, run_train),
         Command("generate", "continue a prompt with a trained model", add_generate_arguments, run_generate),
@@ -124,7 +125,7 @@ _CHOICES = {"preset": ["smoke", "default", "large"], "schedule": ["constant", "c
 def add_config_arguments(parser, skip=("arch", "objective")):
     """One ``--flag`` per TrainConfig field (``d_model`` -> ``--d-model``), default None
     (= from --config or the preset), plus ``--config FILE``."""
-    from .trainer import TrainConfig
+    from .train.trainer import TrainConfig
     parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings (flags override it)")
     group = parser.add_argument_group("settings (default: from --config, else the preset)")
     for f in dataclasses.fields(TrainConfig):
@@ -162,7 +163,7 @@ def _read_config_file(path):
 def config_from_args(args):
     """TrainConfig from (lowest first) defaults, the preset, ``--config`` and the flags;
     resolved and checked (a bad value is a UsageError)."""
-    from .trainer import TrainConfig
+    from .train.trainer import TrainConfig
     values = _read_config_file(args.config) if getattr(args, "config", None) else {}
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
@@ -176,7 +177,7 @@ def config_from_args(args):
 
 def open_checkpoint(path):
     """Load ``path`` (a checkpoint file or a run directory holding checkpoint.npz)."""
-    from .checkpoint import CheckpointError, load_checkpoint
+    from .train.checkpoint import CheckpointError, load_checkpoint
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.npz")
     try:
@@ -204,7 +205,7 @@ def add_train_arguments(p):
 
 
 def run_train(args):
-    from .trainer import Interrupted, NonFiniteLoss, Trainer, load_corpus
+    from .train.trainer import Interrupted, NonFiniteLoss, Trainer, load_corpus
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out DIR (the run to continue)")
@@ -230,8 +231,8 @@ def run_train(args):
 
 
 def _resume(args):
-    from .checkpoint import CheckpointError
-    from .trainer import Interrupted, NonFiniteLoss, Trainer, TrainConfig
+    from .train.checkpoint import CheckpointError
+    from .train.trainer import Interrupted, NonFiniteLoss, Trainer, TrainConfig
     ck = open_checkpoint(args.out)
     overrides = {}
     for f in dataclasses.fields(TrainConfig):
@@ -257,7 +258,7 @@ def _resume(args):
 
 def _fit(trainer, out, Interrupted, NonFiniteLoss):
     import time
-    from .checkpoint import write_json_atomic
+    from .train.checkpoint import write_json_atomic
     cfg = trainer.cfg
     os.makedirs(out, exist_ok=True)
     write_json_atomic(os.path.join(out, "config.json"), trainer.config_dict())
@@ -293,7 +294,7 @@ def add_generate_arguments(p):
 
 
 def run_generate(args):
-    from .generate import generate
+    from .model.generate import generate
     ck = open_checkpoint(args.checkpoint)
     try:
         tok = ck.tokenizer()
@@ -320,7 +321,7 @@ def add_eval_arguments(p):
 
 
 def run_eval(args):
-    from .trainer import TrainConfig, evaluate_loss, load_corpus, validation_batches
+    from .train.trainer import TrainConfig, evaluate_loss, load_corpus, validation_batches
     ck = open_checkpoint(args.checkpoint)
     if not ck.config:
         raise UsageError(f"checkpoint {ck.path} holds no run config")
@@ -362,13 +363,13 @@ def add_describe_arguments(p):
 
 
 def run_describe(args):
-    from .models import ModelConfig, build_model
+    from .model.models import ModelConfig, build_model
     cfg = config_from_args(args)
     if args.vocab_size is not None:
         vocab, source = args.vocab_size, "--vocab-size"
     else:
         try:
-            from .trainer import load_corpus
+            from .train.trainer import load_corpus
             tok = load_corpus(cfg).tokenizer
         except (ValueError, OSError) as e:
             raise UsageError(str(e)) from None

@@ -11,7 +11,7 @@ The strategies need `hypothesis` (a test dependency, not a runtime one).
 """
 import numpy as np
 
-from .tensor import Tensor
+from .engine.tensor import Tensor
 
 
 def gradcheck(fn, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, max_entries=64, n_directions=3, seed=0):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from minillm.batches import (
+from minillm.data.batches import (
     IGNORE_INDEX,
     PAIRS,
     PAPER_PAIRS,
@@ -18,7 +18,7 @@ from minillm.batches import (
     positions_needed,
     longest_fitting,
 )
-from minillm.tokenizer import ByteTokenizer
+from minillm.data.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer(n_sentinels=40)
 CONTENT = np.arange(TOK.n_special, TOK.vocab_size)  # 256 distinct non-special ids

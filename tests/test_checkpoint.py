@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from minillm import optim
-from minillm.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint
-from minillm.models import ModelConfig, build_model
-from minillm.tokenizer import WordTokenizer
+from minillm.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint
+from minillm.model.models import ModelConfig, build_model
+from minillm.data.tokenizer import WordTokenizer
 
 CFG = ModelConfig(vocab_size=40, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=12)
 
@@ -97,8 +97,8 @@ def test_hard_kill_mid_write_keeps_previous_checkpoint(tmp_path):
     script = textwrap.dedent(f"""
         import os, numpy as np
         from minillm import optim
-        from minillm.checkpoint import save_checkpoint
-        from minillm.models import ModelConfig, build_model
+        from minillm.train.checkpoint import save_checkpoint
+        from minillm.model.models import ModelConfig, build_model
         m = build_model("cd", ModelConfig(40, 16, 2, 1, 32, 12), seed=3)
         real = np.savez
         def dying(f, **a):

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import minillm as mm
-from minillm import evaluate
-from minillm.world import toy_tokenizer
+from minillm.study import evaluate
+from minillm.data.world import toy_tokenizer
 
 TOK = toy_tokenizer()
 CFG = mm.ModelConfig(vocab_size=TOK.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=24,

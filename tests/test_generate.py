@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minillm.generate import generate, sample_next
-from minillm.models import ModelConfig, build_model
+from minillm.model.generate import generate, sample_next
+from minillm.model.models import ModelConfig, build_model
 
 BOS, EOS = 1, 2
 CFG = ModelConfig(vocab_size=23, d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=20, dtype="float64",

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-import minillm.kernels as K
-from minillm.kernels import fast as F
-from minillm.kernels import reference as R
+from minillm.engine import kernels as K
+from minillm.fast import ops as F
+from minillm.engine import reference as R
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 
@@ -95,7 +95,7 @@ def test_gemm_b_in_place_or_packed_by_alignment():
     # a 64-byte line or when A has fewer than PACK_FROM_ROWS rows, and packed otherwise:
     # both paths, at every 16-byte offset, in both dtypes, must give the exact product.
     rng = np.random.default_rng(2)
-    G = importlib.import_module("minillm.kernels.gemm_kernel")
+    G = importlib.import_module("minillm.fast.gemm_kernel")
     for dtype in (np.float32, np.float64):
         a = rng.integers(-4, 5, (G.PACK_FROM_ROWS + 44, 70)).astype(dtype)
         for n in (16, 32, 64, 128):
@@ -269,7 +269,7 @@ def test_attention_helpers_compile_once_per_dtype():
     the call sites present: P writable or read-only, a literal or variable first key, width
     KB or RB. Numba left to itself compiles 10 copies of these 4 per dtype (seconds in all)."""
     import importlib
-    A = importlib.import_module("minillm.kernels.attention")
+    A = importlib.import_module("minillm.fast.attention")
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         q = rng.standard_normal((2, 100, 8)).astype(dtype)
@@ -434,7 +434,7 @@ _LIMITS = {np.float32: ("MIN_32", "MAX_32"), np.float64: ("MIN_64", "MAX_64")}
 def _vexp(x):
     """vexp over an array, in compiled code (the only place it is defined)."""
     import numba
-    from minillm.kernels.vmath import vexp
+    from minillm.fast.vmath import vexp
 
     @numba.njit
     def each(x, out):
@@ -449,7 +449,7 @@ def _vexp(x):
 def test_vexp_within_one_ulp_of_exp(dtype):
     """Every normal result within 1 ULP of exp computed in extended precision, on a grid over
     the whole normal range and random points; below it 0, above it inf, as documented."""
-    from minillm.kernels import vmath
+    from minillm.fast import vmath
     lo, hi = (getattr(vmath, name) for name in _LIMITS[dtype])
     rng = np.random.default_rng(0)
     x = np.concatenate([np.linspace(lo, hi, 100001), rng.uniform(lo, hi, 50000),
@@ -708,7 +708,7 @@ def test_thread_count_does_not_change_results():
 def test_jit_falls_back_without_a_cache(monkeypatch):
     import numba
 
-    from minillm.kernels import threads
+    from minillm.fast import threads
     real = numba.njit
 
     def no_cache_location(*args, **kw):
@@ -727,7 +727,7 @@ def test_jit_falls_back_without_a_cache(monkeypatch):
 def test_512_bit_vectors_only_on_avx512_and_never_over_the_users_choice(monkeypatch):
     import numba
 
-    from minillm.kernels import threads
+    from minillm.fast import threads
     host = "+sse2,+avx2,+avx512f,+fma"
 
     class Features:

@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 import minillm
 from minillm import functional as F, kernels, nn
-from minillm.models import DecoderOnly, EncoderDecoder
-from minillm.tensor import Tensor, no_grad
+from minillm.model.models import DecoderOnly, EncoderDecoder
+from minillm.engine.tensor import Tensor, no_grad
 
 from test_nn import check_param_grads
 

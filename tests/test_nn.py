@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 import minillm
 from minillm import masks, nn
-from minillm.tensor import Tensor, no_grad
+from minillm.engine.tensor import Tensor, no_grad
 from minillm.testing import gradcheck
 
 BACKENDS = ["numpy", "numba"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from minillm.objectives import (
+from minillm.data.objectives import (
     apply_noise_mask,
     corrupted_lengths,
     plm_split,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from minillm import optim
-from minillm.nn import Parameter
+from minillm.model.nn import Parameter
 
 
 def param(values):
@@ -116,7 +116,7 @@ def test_decay_rule_by_name_and_ndim():
 
 def test_decay_rule_on_a_real_model():
     import minillm as mm
-    from minillm.models import ModelConfig, build_model
+    from minillm.model.models import ModelConfig, build_model
     model = build_model("cd", ModelConfig(20, 8, 2, 1, 16, 8), seed=0)
     opt = optim.AdamW(model, lr=1e-3)
     decayed = {n for n, d in zip(opt.names, opt.decay_mask) if d}
@@ -212,7 +212,7 @@ def test_clip_grad_norm_ignores_missing_and_reports_nonfinite():
 # ---- gradient accumulation -------------------------------------------------------------------
 
 def test_accumulated_gradients_equal_one_big_batch():
-    from minillm.tensor import Tensor
+    from minillm.engine.tensor import Tensor
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(8, 3)), rng.normal(size=8)
     w0 = rng.normal(size=3)

@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, strategies as st
 
-from minillm import rank
+from minillm.study import rank
 
 
 @given(n=st.integers(2, 40))

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from minillm import study
+from minillm.study import run as study
 from minillm.cli import main
-from minillm.world import World
+from minillm.data.world import World
 
 SMOKE = study.PRESETS["smoke"]
 

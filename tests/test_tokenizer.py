@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from minillm.tokenizer import (
+from minillm.data.tokenizer import (
     ByteTokenizer,
     WordTokenizer,
     file_sequences,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minillm.checkpoint import load_checkpoint
-from minillm.trainer import BatchStream, Interrupted, NonFiniteLoss, Trainer, TrainConfig, load_corpus
+from minillm.train.checkpoint import load_checkpoint
+from minillm.train.trainer import BatchStream, Interrupted, NonFiniteLoss, Trainer, TrainConfig, load_corpus
 
 
 def config(**kw):
@@ -195,7 +195,7 @@ def test_bad_configs_refused():
 def test_progress_without_tqdm_prints_plain_lines(monkeypatch):
     import io
     import sys
-    from minillm.trainer import Progress
+    from minillm.train.trainer import Progress
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
     out = io.StringIO()
     p = Progress(total=1000, enabled=True, every=0.0, stream=out)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from minillm.batches import PAIRS, make_batch, make_prompt_batch, positions_needed
-from minillm.world import FILLERS, PRESETS, RELATIONS, TOY_TASKS, World, toy_examples, toy_tokenizer
+from minillm.data.batches import PAIRS, make_batch, make_prompt_batch, positions_needed
+from minillm.data.world import FILLERS, PRESETS, RELATIONS, TOY_TASKS, World, toy_examples, toy_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import numpy as np
 import minillm as mm
 from minillm import functional as F
 from minillm import kernels
-from minillm.kernels.gemm_kernel import gemm as minillm_gemm   # the hand-written GEMM of minillm/kernels/gemm_kernel.py
+from minillm.fast.gemm_kernel import gemm as minillm_gemm   # the hand-written GEMM of minillm/kernels/gemm_kernel.py
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 

@@ -29,8 +29,8 @@ import numpy as np
 import minillm as mm
 from minillm import functional as F
 from minillm import masks
-from minillm.batches import make_batch
-from minillm.tokenizer import WordTokenizer
+from minillm.data.batches import make_batch
+from minillm.data.tokenizer import WordTokenizer
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
@@ -327,7 +327,7 @@ print(f"no peeking in {2 * n_trials} ND batches (PLM and MLM)")
 import time
 
 from minillm import kernels
-from minillm.kernels import reference
+from minillm.engine import reference
 
 T_long, heads = 256, 4
 q, k, v = (rng.standard_normal((8, T_long, 64 * heads)).astype(np.float32) for _ in range(3))

@@ -30,9 +30,9 @@
 
 import numpy as np
 
-from minillm import objectives as O
-from minillm.batches import iter_batches, make_batch, make_prompt_batch, pack_sequences
-from minillm.world import World
+from minillm.data import objectives as O
+from minillm.data.batches import iter_batches, make_batch, make_prompt_batch, pack_sequences
+from minillm.data.world import World
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 

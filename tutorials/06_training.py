@@ -28,11 +28,11 @@ import numpy as np
 import minillm as mm
 from minillm import functional as F
 from minillm import optim
-from minillm.batches import make_batch
-from minillm.evaluate import accuracy, random_baseline
-from minillm.generate import generate
-from minillm.trainer import TrainConfig, Trainer, load_corpus
-from minillm.world import World
+from minillm.data.batches import make_batch
+from minillm.study.evaluate import accuracy, random_baseline
+from minillm.model.generate import generate
+from minillm.train.trainer import TrainConfig, Trainer, load_corpus
+from minillm.data.world import World
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
@@ -231,7 +231,7 @@ def check_steps_for_budget(fn):
 
 
 def check_completion_logprob(fn):
-    from minillm.evaluate import score_completions
+    from minillm.study.evaluate import score_completions
     for ex in world.probes["colour"].examples[:4]:
         prompt, completion = np.array(ex.prompt), np.array(ex.choices[0])
         ref = score_completions(trained, "cd", [prompt], [completion], tok)[0]

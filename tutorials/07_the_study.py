@@ -31,12 +31,12 @@ import time
 import numpy as np
 
 import minillm as mm
-from minillm import study as S
-from minillm.batches import PAPER_PAIRS, make_prompt_batch
-from minillm.checkpoint import load_checkpoint
-from minillm.evaluate import accuracy, random_baseline, rank_classify, score_completions, summarise
-from minillm.trainer import BatchStream, TrainConfig, load_corpus
-from minillm.world import World
+from minillm.study import run as S
+from minillm.data.batches import PAPER_PAIRS, make_prompt_batch
+from minillm.train.checkpoint import load_checkpoint
+from minillm.study.evaluate import accuracy, random_baseline, rank_classify, score_completions, summarise
+from minillm.train.trainer import BatchStream, TrainConfig, load_corpus
+from minillm.data.world import World
 
 from _setup import FAST, finish, plt, rejected, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 

@@ -36,11 +36,11 @@ import tempfile
 import numpy as np
 
 import minillm as mm
-from minillm.batches import make_batch
-from minillm.checkpoint import load_checkpoint
-from minillm.study import tokens_to_reach
-from minillm.trainer import TrainConfig, Trainer, load_corpus
-from minillm.world import World
+from minillm.data.batches import make_batch
+from minillm.train.checkpoint import load_checkpoint
+from minillm.study.run import tokens_to_reach
+from minillm.train.trainer import TrainConfig, Trainer, load_corpus
+from minillm.data.world import World
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 

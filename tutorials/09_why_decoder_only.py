@@ -35,7 +35,7 @@ import math
 
 import numpy as np
 
-from minillm import rank as R
+from minillm.study import rank as R
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
@@ -250,7 +250,7 @@ if plt is not None:
 # %%
 import tempfile
 
-from minillm.trainer import TrainConfig, Trainer, load_corpus
+from minillm.train.trainer import TrainConfig, Trainer, load_corpus
 
 budget = 4_000 if FAST else 60_000
 trained = {}

@@ -33,8 +33,8 @@ import time
 import numpy as np
 
 from . import evaluate
-from .batches import PAPER_PAIRS, make_prompt_batch
-from .checkpoint import load_checkpoint, write_json_atomic
+from ..data.batches import PAPER_PAIRS, make_prompt_batch
+from ..train.checkpoint import load_checkpoint, write_json_atomic
 
 __all__ = ["StudyConfig", "PRESETS", "units", "make_trainer", "run_unit", "run_study", "collect", "format_table", "report", "tokens_to_reach",
            "conclusions", "add_arguments", "run"]
@@ -130,7 +130,7 @@ def is_done(out, unit):
 # ---- running one unit --------------------------------------------------------------------------
 
 def _train_config(cfg, unit, tokens, lr, **extra):
-    from .trainer import TrainConfig
+    from ..train.trainer import TrainConfig
     settings = dict(arch=unit.arch, objective=unit.objective, preset=cfg.preset, seed=unit.seed,
                     world_seed=cfg.world_seed, world_preset=cfg.world, tokens=tokens, lr=lr, eval_every=cfg.eval_every,
                     checkpoint_every=200)
@@ -166,7 +166,7 @@ def _src_eos(unit_chain_objective, arch):
 def make_trainer(cfg, unit, out, world, progress=False):
     """The unit's Trainer, ready to fit: resumed from the unit's own checkpoint if it has
     one, else starting from its source unit's weights (adaptation, finetuning) or from scratch."""
-    from .trainer import Trainer, load_corpus
+    from ..train.trainer import Trainer, load_corpus
     d = _unit_dir(out, unit)
     resuming = os.path.exists(os.path.join(d, "checkpoint.npz"))
     if unit.stage == "finetune":
@@ -193,7 +193,7 @@ def make_trainer(cfg, unit, out, world, progress=False):
 
 def run_unit(cfg, unit, out, progress=False):
     """Train (or resume) and evaluate one unit; writes and returns its result dict."""
-    from .world import World
+    from ..data.world import World
     start = time.perf_counter()
     os.makedirs(_unit_dir(out, unit), exist_ok=True)
     world = World(cfg.world, seed=cfg.world_seed)
@@ -592,7 +592,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from .cli import UsageError
+    from ..cli import UsageError
     cfg = dataclasses.replace(PRESETS[args.preset])
     if args.seeds is not None:
         if args.seeds < 1:
@@ -623,7 +623,7 @@ def run(args):
         raise UsageError(f"unknown unit {args.unit!r}; see --list-units")
     if not args.report:
         start = time.perf_counter()
-        from .trainer import Interrupted
+        from ..train.trainer import Interrupted
         try:
             run_study(cfg, out, jobs=args.jobs, only=args.unit, progress=not args.no_progress,
                       log=lambda s: print(s, file=sys.stderr, flush=True))

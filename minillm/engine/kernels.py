@@ -1,25 +1,27 @@
-"""The kernels behind the engine's hot ops, and the switch between their two backends.
+"""The switch between the engine's two backends: `mm.kernels`.
 
-Every kernel exists twice: a plain-NumPy twin in `reference.py` (the definition) and a fast
-one. The engine calls the names below, which dispatch to the backend in force:
+Every hot op of the engine (matrix products, softmax, GELU, LayerNorm, cross-entropy,
+attention, AdamW, ...) is called through the names below, which dispatch to
+
+  * `reference.py`, the plain-NumPy definition of each op (read this one), or
+  * `minillm.fast`, the Numba kernels: the same functions, signatures and results, tested
+    equal to the definitions. Nothing on the reading path needs it.
 
     MINILLM_KERNELS=numpy|numba     (environment, read at import; default numba)
     with minillm.kernels.use("numpy"): ...
 
-The Numba backend (`fast.py`) is imported on first use, so `MINILLM_KERNELS=numpy` never
-loads Numba. Threads: MINILLM_NUM_THREADS or `set_num_threads(n)` sets both Numba's and
-OpenBLAS's thread count (policy in `threads.py`). `gemm(a, b)` (also `matmul.gemm`) is the
-hand-written GEMM; `matmul` uses it for every product of at least 2^18 multiply-adds and
-OpenBLAS below (measured in `gemm_kernel.py`); `linear(x, w, b)` is a linear layer's forward, with
-the bias added inside the GEMM, and `weight_gradients(x, g)` its weight and bias gradients
-from one GEMM.
-Importing this package also sets the allocator policy of `memory.py` (freed arrays stay in
-the process, so a training step's arrays do not page-fault afresh every step).
+`minillm.fast` is imported on first use, so `MINILLM_KERNELS=numpy` never loads Numba.
+Threads: MINILLM_NUM_THREADS or `set_num_threads(n)` sets both Numba's and OpenBLAS's
+thread count (the policy is in `minillm/fast/threads.py`). `gemm(a, b)` is the tuned Numba
+GEMM itself, whatever the backend.
+Importing this module also applies the allocator policy of `minillm/fast/memory.py`
+(freed arrays stay in the process, so a training step does not page-fault afresh).
 """
 import os
 from contextlib import contextmanager
 
-from . import memory, reference  # noqa: F401  (memory: the allocator policy, applied on import)
+from ..fast import memory  # noqa: F401  (the allocator policy, applied on import)
+from . import reference
 
 BACKENDS = ("numpy", "numba")
 _backend = os.environ.get("MINILLM_KERNELS", "numba").strip().lower() or "numba"
@@ -35,24 +37,24 @@ def _fast():
     kept in a global: an import statement per op call costs ~1 us."""
     global _fast_module
     if _fast_module is None:
-        from . import fast
-        _fast_module = fast
+        from ..fast import ops
+        _fast_module = ops
     return _fast_module
 
 
 def set_num_threads(n):
     """Threads for Numba kernels and OpenBLAS alike; returns the count in force."""
-    from . import threads
+    from ..fast import threads
     return threads.set_num_threads(n)
 
 
 def num_threads():
-    from . import threads
+    from ..fast import threads
     return threads.num_threads()
 
 
 def gemm(a, b):
-    """The hand-written Numba GEMM (the readable reference of `matmul`), with np.matmul semantics."""
+    """The tuned Numba GEMM (`minillm/fast/gemm_kernel.py`), with np.matmul semantics, on either backend."""
     return _fast().gemm(a, b)
 
 
@@ -81,10 +83,10 @@ def _impl():
 def matmul(a, b): return _impl().matmul(a, b)
 def linear(x, w, b=None): return _impl().linear(x, w, b)
 def weight_gradients(x, g): return _impl().weight_gradients(x, g)
-def softmax(x, mask=None, causal=False): return _impl().softmax(x, mask, causal)
-def softmax_backward(y, dy, out=None): return _impl().softmax_backward(y, dy, out)
-def log_softmax(x, mask=None, causal=False): return _impl().log_softmax(x, mask, causal)
-def log_softmax_backward(y, dy, mask=None, causal=False): return _impl().log_softmax_backward(y, dy, mask, causal)
+def softmax(x, mask=None): return _impl().softmax(x, mask)
+def softmax_backward(y, dy): return _impl().softmax_backward(y, dy)
+def log_softmax(x, mask=None): return _impl().log_softmax(x, mask)
+def log_softmax_backward(y, dy, mask=None): return _impl().log_softmax_backward(y, dy, mask)
 def gelu(x): return _impl().gelu(x)
 def gelu_backward(x, dy): return _impl().gelu_backward(x, dy)
 def layer_norm(x, w, b, eps): return _impl().layer_norm(x, w, b, eps)

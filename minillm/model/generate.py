@@ -26,9 +26,9 @@ import math
 
 import numpy as np
 
-from . import functional as F
+from ..engine import functional as F
 from . import masks
-from .tensor import Tensor, no_grad
+from ..engine.tensor import Tensor, no_grad
 
 __all__ = ["generate", "sample_next", "CachedDecoder"]
 

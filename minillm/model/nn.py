@@ -34,8 +34,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import functional as F
-from .tensor import Tensor
+from ..engine import functional as F
+from ..engine.tensor import Tensor
 
 __all__ = ["Parameter", "Module", "Linear", "Embedding", "LayerNorm", "Dropout",
            "MultiHeadAttention", "FeedForward", "EncoderBlock", "DecoderBlock",

@@ -31,12 +31,12 @@ import time
 
 import numpy as np
 
-from . import functional as F
+from ..engine import functional as F
 from . import optim
-from .batches import IGNORE_INDEX, check_pair, longest_fitting, make_batch
+from ..data.batches import IGNORE_INDEX, check_pair, longest_fitting, make_batch
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, write_json_atomic
-from .models import ModelConfig, build_model
-from .tensor import no_grad
+from ..model.models import ModelConfig, build_model
+from ..engine.tensor import no_grad
 
 __all__ = ["TrainConfig", "PRESETS", "Corpus", "load_corpus", "BatchStream", "validation_batches", "Trainer",
            "NonFiniteLoss", "Interrupted", "evaluate_loss"]
@@ -156,7 +156,7 @@ def load_corpus(cfg):
 def _file_corpus(path, length):
     """A UTF-8 text file, byte-tokenized, cut into documents of ``length`` tokens; the last
     5% of them (at least one) are held out for validation."""
-    from .tokenizer import ByteTokenizer, file_sequences
+    from ..data.tokenizer import ByteTokenizer, file_sequences
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path!r} does not exist (use --data world for the built-in world)")
     if not os.access(path, os.R_OK):
@@ -174,7 +174,7 @@ VAL_EPOCH = 999_999  # the world epoch whose sentences serve as validation text
 def _world_corpus(cfg):
     """The built-in world of the config's preset: each sentence is a document; training
     epoch e uses the world's sentences of epoch e (facts restated in fresh templates)."""
-    from .world import World
+    from ..data.world import World
     world = World(cfg.world_preset or cfg.preset, seed=cfg.world_seed)
     tok = world.tokenizer
 

@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from . import kernels as K
+from ..engine import kernels as K
 
 __all__ = ["Optimizer", "SGD", "AdamW", "clip_grad_norm", "grad_norm",
            "Schedule", "constant", "warmup_cosine", "warmup_inverse_sqrt", "make_schedule"]

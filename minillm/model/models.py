@@ -37,7 +37,7 @@ import numbers
 import numpy as np
 
 from . import masks, nn
-from .tensor import no_grad
+from ..engine.tensor import no_grad
 
 __all__ = ["ModelConfig", "DecoderOnly", "EncoderDecoder", "build_model", "ARCHS"]
 

@@ -173,7 +173,7 @@ def add_arguments(p):
 
 def run(args):
     import json
-    from .cli import UsageError, open_checkpoint
+    from ..cli import UsageError, open_checkpoint
     if args.synthetic == bool(args.checkpoint):
         raise UsageError("give either a CHECKPOINT or --synthetic")
     if args.synthetic:
@@ -199,7 +199,7 @@ def run(args):
 
 def _validation_sequences(ck, batch):
     """`batch` equal-length token sequences from the text the checkpoint was trained on."""
-    from .trainer import TrainConfig, load_corpus
+    from ..train.trainer import TrainConfig, load_corpus
     cfg = TrainConfig.from_dict(ck.config, source=ck.path).resolved()
     corpus = load_corpus(cfg)
     docs = sorted(corpus.val, key=len, reverse=True)[:max(1, batch)]

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 
-from . import checks
 
 
 def matmul(a, b):
@@ -30,20 +29,6 @@ def weight_gradients(x, g):
     return x.T @ g, g.sum(axis=0)
 
 
-def causal_mask(shape):
-    """The (Tq, Tk) mask of `causal=True` for x of `shape`: query i keeps key j when
-    j <= i + (Tk - Tq), i.e. the last query sees every key (bottom-right aligned)."""
-    if len(shape) < 2:
-        raise ValueError(f"causal=True needs x with at least 2 dimensions, got shape {tuple(shape)}")
-    tq, tk = shape[-2], shape[-1]
-    return np.tri(tq, tk, k=tk - tq, dtype=bool)
-
-
-def _with_causal(x, mask, causal):
-    if not causal:
-        return mask
-    c = causal_mask(np.shape(x))
-    return c if mask is None else np.logical_and(mask, c)
 
 
 def _masked_max(x, mask):
@@ -59,27 +44,20 @@ def _shifted(x, mask):
     return z if mask is None else np.where(mask, z, -np.inf).astype(x.dtype, copy=False)
 
 
-def softmax(x, mask=None, causal=False):
-    """exp(x - max) / sum, over kept entries; masked entries and empty rows are 0.
-    causal=True also masks entry (i, j) of the last two axes unless j <= i + (Tk - Tq)."""
-    mask = _with_causal(x, mask, causal)
+def softmax(x, mask=None):
+    """exp(x - max) / sum, over kept entries; masked entries and empty rows are 0."""
     e = np.exp(_shifted(x, mask))
     s = e.sum(axis=-1, keepdims=True)
     return e / np.where(s > 0, s, 1)
 
 
-def softmax_backward(y, dy, out=None):
+def softmax_backward(y, dy):
     """dx = y * (dy - sum(dy * y)); masked entries have y = 0, so they get no gradient."""
-    dx = y * (dy - (dy * y).sum(axis=-1, keepdims=True))
-    if out is None:
-        return dx
-    checks.out_array("softmax_backward", out, dx.shape, dx.dtype)[...] = dx
-    return out
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
 
 
-def log_softmax(x, mask=None, causal=False):
+def log_softmax(x, mask=None):
     """x - max - log(sum(exp(x - max))) over kept entries; masked entries and empty rows are 0."""
-    mask = _with_causal(x, mask, causal)
     z = _shifted(x, mask)
     e = np.exp(z)
     s = e.sum(axis=-1, keepdims=True)
@@ -89,9 +67,8 @@ def log_softmax(x, mask=None, causal=False):
     return out.astype(x.dtype, copy=False)
 
 
-def log_softmax_backward(y, dy, mask=None, causal=False):
+def log_softmax_backward(y, dy, mask=None):
     """dx = dy - softmax * sum(dy), over kept entries; masked entries get 0."""
-    mask = _with_causal(y, mask, causal)
     p = np.exp(y)
     if mask is not None:
         p = np.where(mask, p, 0)

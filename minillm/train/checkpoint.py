@@ -155,7 +155,7 @@ class Checkpoint:
         return CheckpointError(f"checkpoint {self.path}: {what}")
 
     def tokenizer(self):
-        from .tokenizer import tokenizer_from_dict
+        from ..data.tokenizer import tokenizer_from_dict
         d = self.meta.get("tokenizer")
         if d is None:
             raise self.error("holds no tokenizer")
@@ -163,7 +163,7 @@ class Checkpoint:
 
     def build_model(self, seed=0):
         """A model of the checkpoint's arch and config, with its weights."""
-        from .models import ModelConfig, build_model
+        from ..model.models import ModelConfig, build_model
         if self.model_config is None or self.arch is None:
             raise self.error("holds no model config")
         model = build_model(self.arch, ModelConfig(**self.model_config), seed=seed)

@@ -12,9 +12,9 @@ beside the random-choice baseline.
 """
 import numpy as np
 
-from . import kernels as K
-from .batches import IGNORE_INDEX, make_prompt_batch
-from .tensor import no_grad
+from ..engine import kernels as K
+from ..data.batches import IGNORE_INDEX, make_prompt_batch
+from ..engine.tensor import no_grad
 
 
 def score_completions(model, arch, prompts, completions, tokenizer, batch_size=256, src_eos=False):
