@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.rng import as_rng
+
 __all__ = [
     "as_rng",
     "noise_counts",
@@ -27,15 +29,6 @@ __all__ = [
     "plm_split",
     "prefix_lm",
 ]
-
-
-def as_rng(rng=None) -> np.random.Generator:
-    """Return ``rng`` if it is a Generator, else a new Generator seeded with it."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or isinstance(rng, (int, np.integer)):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
 def _check_noise_args(noise_density, mean_span_length):

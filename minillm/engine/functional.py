@@ -6,6 +6,7 @@ in `minillm.kernels`, which runs either the plain-NumPy twin or the fast Numba k
 import numpy as np
 
 from . import kernels as K
+from .rng import as_rng
 from .tensor import Tensor
 
 
@@ -143,7 +144,7 @@ def attention(q, k, v, n_heads, mask=None, dropout=0.0, rng=None):
     mask = _check_mask("attention", mask, (B, n_heads, T, S))
     keep = None
     if dropout > 0:
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        rng = as_rng(rng)
         keep = ((rng.random((B, n_heads, T, S)) >= dropout) / (1 - dropout)).astype(q.dtype)
     y, p = K.attention_forward(q.data, k.data, v.data, n_heads, mask, keep)
 
@@ -177,7 +178,7 @@ def dropout(x, p, training, rng=None):
     x = _t(x)
     if not training or p == 0:
         return x
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    rng = as_rng(rng)
     keep = rng.random(x.shape) >= p
     scale = (keep / (1 - p) if p < 1 else np.zeros(x.shape)).astype(x.dtype)
     return Tensor._op(x.data * scale, (x,), lambda g: (g * scale,))

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..engine import functional as F
 from . import masks
+from ..engine.rng import as_rng
 from ..engine.tensor import Tensor, no_grad
 
 __all__ = ["generate", "sample_next", "CachedDecoder"]
@@ -50,7 +51,7 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None):
             z = np.where(z >= kth, z, -np.inf)
     p = np.exp(z - z.max())
     p /= p.sum()
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    rng = as_rng(rng)
     return int(rng.choice(len(p), p=p))
 
 
@@ -145,7 +146,7 @@ def generate(model, prompt, max_new_tokens=20, *, bos_id, eos_id=None, temperatu
     ``rng`` (Generator or seed) drives sampling; greedy when ``temperature == 0``.
     """
     prompt = np.asarray(prompt, dtype=np.int64).reshape(-1)
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    rng = as_rng(rng)
     was_training = model.training
     model.eval()
     try:

@@ -37,6 +37,7 @@ import numbers
 import numpy as np
 
 from . import masks, nn
+from ..engine.rng import as_rng
 from ..engine.tensor import no_grad
 
 __all__ = ["ModelConfig", "DecoderOnly", "EncoderDecoder", "build_model", "ARCHS"]
@@ -154,7 +155,7 @@ class DecoderOnly(_Model):
     """
 
     def __init__(self, config, arch="cd", rng=None):
-        rng = np.random.default_rng(rng)
+        rng = as_rng(rng)
         self.arch = arch
         dt = self._common(config, rng)
         c = config
@@ -222,7 +223,7 @@ class EncoderDecoder(_Model):
     arch = "ed"
 
     def __init__(self, config, rng=None):
-        rng = np.random.default_rng(rng)
+        rng = as_rng(rng)
         dt = self._common(config, rng)
         c, drng = config, self.dropout_rng
         self.enc_pos = nn.Embedding(c.max_len, c.d_model, rng=rng, dtype=dt)

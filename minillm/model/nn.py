@@ -35,21 +35,18 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..engine import functional as F
+from ..engine.rng import as_rng
 from ..engine.tensor import Tensor
 
 __all__ = ["Parameter", "Module", "Linear", "Embedding", "LayerNorm", "Dropout",
            "MultiHeadAttention", "FeedForward", "EncoderBlock", "DecoderBlock",
-           "record_attention", "init_std"]
+           "record_attention", "eval_mode", "init_std"]
 
 init_std = 0.02  # GPT-2's standard deviation for weights and embeddings
 
 
-def _rng(rng):
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
 def _normal(rng, shape, std, dtype):
-    return (_rng(rng).standard_normal(shape) * std).astype(dtype)
+    return (as_rng(rng).standard_normal(shape) * std).astype(dtype)
 
 
 class Parameter(Tensor):
@@ -158,6 +155,17 @@ class Module:
         return f"{type(self).__name__}({self.num_parameters():,} parameters)"
 
 
+@contextmanager
+def eval_mode(model):
+    """Eval mode (no dropout) inside the block; the model's previous mode is restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 # ---- leaves ------------------------------------------------------------------------------
 
 class Linear(Module):
@@ -198,7 +206,7 @@ class Dropout(Module):
         if not 0 <= p < 1:
             raise ValueError(f"Dropout: p must lie in [0, 1), got {p!r}")
         self.p = p
-        self.rng = _rng(rng)
+        self.rng = as_rng(rng)
 
     def forward(self, x):
         if self.p == 0 or not self.training:
