@@ -21,6 +21,7 @@ from .model.models import ModelConfig, build_model
 from .data import tokenizer, objectives, batches, world
 from .train import optim, checkpoint, trainer
 from .study import evaluate, rank
+from . import testing
 
 # The flat module names of the first release (`minillm.masks`, `minillm.optim`, ...) stay
 # importable: `from minillm.masks import causal` finds the module in its new place.

@@ -20,6 +20,8 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, max_entries=64, n_dir
     Float inputs (Tensors or arrays) are converted to float64 leaves that require grad; other
     inputs (integer ids, masks, Python values) are passed through unchanged. `fn` may return a
     tensor of any shape: it is reduced to a scalar with fixed random weights.
+    Each leaf's `.grad` must have the leaf's shape and dtype (float64); a gradient that would
+    only broadcast against its input, e.g. (4, 3) for a (1, 3) input, fails, naming the input.
     """
     rng = np.random.default_rng(seed)
     leaves = [Tensor(np.array(x.data if isinstance(x, Tensor) else x, dtype=np.float64), requires_grad=True)
@@ -37,6 +39,9 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-6, rtol=1e-4, max_entries=64, n_dir
         if not (isinstance(leaf, Tensor) and leaf.requires_grad):
             continue
         analytic = np.zeros(leaf.shape) if leaf.grad is None else leaf.grad
+        if np.shape(analytic) != leaf.shape or np.asarray(analytic).dtype != leaf.dtype:
+            raise AssertionError(f"gradcheck: input {k} (shape {leaf.shape}, {leaf.dtype}) got a gradient of shape "
+                                 f"{np.shape(analytic)}, {np.asarray(analytic).dtype}")
         checks = [(f"entry {idx}", np.eye(1, leaf.size, i).reshape(leaf.shape))
                   for i, idx in enumerate(np.ndindex(leaf.shape)) if leaf.size <= max_entries]
         checks += [(f"random direction {d}", rng.standard_normal(leaf.shape)) for d in range(n_directions)]

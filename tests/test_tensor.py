@@ -339,12 +339,12 @@ def test_concat(data):
 
 
 @given(ab=broadcastable_pair(), data=st.data())
-def test_where_and_masked_fill(ab, data):
+def test_where(ab, data):
     a, b = ab
     cond = data.draw(hnp.arrays(np.bool_, np.broadcast_shapes(a.shape, b.shape)))
     np.testing.assert_array_equal(F.where(cond, mm.Tensor(a), mm.Tensor(b)).data, np.where(cond, a, b))
     gradcheck(lambda x, y: F.where(cond, x, y), a, b)
-    gradcheck(lambda x: F.masked_fill(x, cond, -7.0), np.broadcast_to(a, cond.shape).copy())
+    gradcheck(lambda x: F.where(cond, -7.0, x), np.broadcast_to(a, cond.shape).copy())   # a scalar branch
 
 
 @pytest.mark.parametrize("backend", mm.kernels.BACKENDS)
@@ -469,3 +469,19 @@ def test_incompatible_shapes_are_refused_with_the_shapes():
 def test_log_of_negative_is_nan_like_numpy():
     with np.errstate(invalid="ignore"):
         assert np.isnan(mm.Tensor(np.array([-1.0])).log().item())
+
+
+@pytest.mark.parametrize("name", BINARY)
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("small_first", [True, False])
+@given(data=st.data())
+def test_binary_gradients_when_a_size_one_axis_is_stretched(name, axis, small_first, data):
+    """One operand has a size-1 axis at `axis` (leading included) that the other stretches to 2-4;
+    the small operand may also lack leading axes before `axis`. Its gradient must be summed back
+    to its own shape, which gradcheck checks exactly."""
+    op, _, (lo, hi) = BINARY[name]
+    full = data.draw(shapes(min_dims=axis + 1, max_dims=3, min_side=2))
+    small = full[:axis] + (1,) + full[axis + 1:]
+    small = small[data.draw(st.integers(0, axis)):]
+    a, b = data.draw(arrays(small, low=lo, high=hi)), data.draw(arrays(full, low=lo, high=hi))
+    gradcheck(op, *((a, b) if small_first else (b, a)))

@@ -250,7 +250,7 @@ assert np.isfinite(probs).all() and not np.isfinite(naive).all()
 # we cut a sequence into a *context* `c` (given) and an *output* `o` (to predict). Which
 # positions belong to the bidirectional region, i.e. what is `P`?
 #
-# minillm's convention (documented in `minillm/batches.py`): `P` counts positions *of the
+# minillm's convention (documented in `minillm/data/batches.py`): `P` counts positions *of the
 # sequence the model is fed*, so `P = 1 + len(c)`: BOS plus the whole context. The last
 # position of the region reads the last context token and predicts `o[0]`; it sees BOS
 # and the context, and nothing it has to predict. Let's look at a real batch.
@@ -314,7 +314,7 @@ print(f"no peeking in {2 * n_trials} ND batches (PLM and MLM)")
 #
 # A causal mask throws away almost half of the scores, so a kernel that computed them all
 # and then zeroed them would waste almost half its products. minillm's attention kernel
-# (`minillm/kernels/attention.py`) skips them in blocks. Query rows go in blocks of 48, and
+# (`minillm/fast/attention.py`) skips them in blocks. Query rows go in blocks of 48, and
 # a block computes only the columns up to the last key any of its rows keeps. In the
 # backward it reads that limit off P, which is exactly 0 wherever the mask said False. The
 # results match the plain NumPy twin, which computes everything; they are not bit for bit

@@ -209,11 +209,6 @@ def where(cond, x, y):
     return Tensor._op(out, (x, y), lambda g: (np.where(cond, g, 0), np.where(cond, 0, g)))
 
 
-def masked_fill(x, mask, value):
-    """`x` with entries where `mask` is True replaced by `value`."""
-    x = _t(x)
-    return where(mask, x._lift(value), x)
-
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean of -log softmax(logits)[target] over positions whose target is not `ignore_index`.

@@ -358,6 +358,3 @@ class Tensor:
 
         return Tensor._op(out, (self,), vjp)
 
-
-def tensor(data, requires_grad=False):
-    return Tensor(data, requires_grad=requires_grad)
