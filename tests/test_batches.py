@@ -11,7 +11,6 @@ from minillm.data.batches import (
     PAIRS,
     PAPER_PAIRS,
     check_pair,
-    iter_batches,
     make_batch,
     make_prompt_batch,
     pack_sequences,
@@ -255,19 +254,3 @@ def test_prompt_batches(arch):
         b2 = make_prompt_batch(arch, prompts, answers, TOK, src_eos=True, add_eos=False)
         assert b2.src[1].tolist()[:2] == [113, TOK.eos_id]
         assert [t[t != IGNORE_INDEX].tolist() for t in b2.targets] == [[120], [121, 122]]
-
-
-@pytest.mark.parametrize("arch,objective,pack", [("cd", "flm", False), ("nd", "mlm", False),
-                                                 ("ed", "plm", False), ("cd", "flm", True)])
-def test_iter_batches_covers_the_epoch_once(arch, objective, pack):
-    seqs = distinct_sequences([int(n) for n in np.random.default_rng(0).integers(2, 12, 23)], 5)
-    seen = []
-    for batch in iter_batches(arch, objective, seqs, TOK, 4, rng=2, max_len=40, pack=pack):
-        assert batch.size <= 4
-        fed = batch.tokens if arch != "ed" else np.concatenate([batch.src, batch.targets], 1)
-        seen.extend(content(fed) | content(batch.targets))
-    assert sorted(seen) == sorted(np.concatenate(seqs).tolist())
-    n_full = sum(1 for _ in iter_batches(arch, objective, seqs, TOK, 4, rng=2, max_len=40,
-                                         pack=pack, drop_last=True))
-    n_all = sum(1 for _ in iter_batches(arch, objective, seqs, TOK, 4, rng=2, max_len=40, pack=pack))
-    assert n_full == n_all - 1 or (pack and n_full == n_all)

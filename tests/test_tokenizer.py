@@ -1,4 +1,6 @@
 """Tests for minillm.tokenizer: special ids, round trips, JSON, streaming files, bad input."""
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -8,7 +10,7 @@ from minillm.data.tokenizer import (
     WordTokenizer,
     file_sequences,
     iter_text_file,
-    load_tokenizer,
+    tokenizer_from_dict,
 )
 
 WORDS = ["the", "pet", "of", "zorvel", "is", "a", "cat", ".", "question", ":", "?", "héllo", "日本"]
@@ -75,21 +77,17 @@ def test_word_errors():
 
 
 @pytest.mark.parametrize("tok", [ByteTokenizer(7), WordTokenizer(WORDS, 3)])
-def test_json_save_load(tok, tmp_path):
-    path = tmp_path / "tok.json"
-    tok.save(path)
-    back = load_tokenizer(path)
+def test_json_round_trip(tok):
+    back = tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))
     assert type(back) is type(tok) and back == tok
     assert back.vocab_size == tok.vocab_size and back.sentinel_ids == tok.sentinel_ids
     text = "the pet of zorvel is a cat . héllo 日本"
     assert back.encode(text).tolist() == tok.encode(text).tolist()
 
 
-def test_load_rejects_unknown_type(tmp_path):
-    path = tmp_path / "bad.json"
-    path.write_text('{"type": "bpe", "n_sentinels": 0}')
+def test_from_dict_rejects_unknown_type():
     with pytest.raises(ValueError, match="bad.json.*bpe"):
-        load_tokenizer(path)
+        tokenizer_from_dict({"type": "bpe", "n_sentinels": 0}, source="bad.json")
 
 
 @given(text=st.text(min_size=1), chunk=st.integers(1, 9))

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from minillm.data.tokenizer import ByteTokenizer
 from minillm.train.checkpoint import load_checkpoint
-from minillm.train.trainer import BatchStream, Interrupted, NonFiniteLoss, Trainer, TrainConfig, load_corpus
+from minillm.train.trainer import (BatchStream, Corpus, Interrupted, NonFiniteLoss, Trainer, TrainConfig,
+                                   load_corpus)
 
 
 def config(**kw):
@@ -179,6 +181,20 @@ def test_batch_stream_is_a_function_of_seed_and_index():
     assert all(len(row) <= cfg.max_len for row in early.tokens)
     assert not np.array_equal(BatchStream(cfg.arch, cfg.objective, c, 4, cfg.max_len, seed=4).batch(0).tokens,
                               early.tokens)
+
+
+def test_batch_stream_examples_are_documents_cut_to_fit_and_joined_by_eos():
+    tok = ByteTokenizer(n_sentinels=4)
+    docs = [np.arange(10 + 100 * k, 10 + 100 * k + n) for k, n in enumerate((3, 5, 40, 1, 7, 12, 15))]
+    stream = BatchStream("cd", "flm", Corpus(tok, docs, docs), batch_size=2, max_len=16, seed=0)
+    L = stream.length
+    assert L == 15
+    examples = [x.tolist() for x in stream._epoch_examples(0)]
+    assert all(1 <= len(x) <= L and x[0] != tok.eos_id and x[-1] != tok.eos_id for x in examples)
+    pieces = [p for x in examples for p in " ".join(map(str, x)).split(f" {tok.eos_id} ")]
+    expected = [" ".join(map(str, d[i:i + L].tolist())) for d in docs for i in range(0, len(d), L)]
+    assert sorted(pieces) == sorted(expected)  # the 40-token document is cut into 15 + 15 + 10
+    assert len(examples) < len(expected)       # short pieces share examples
 
 
 def test_bad_configs_refused():

@@ -1,6 +1,6 @@
 """Tests for minillm.world: determinism, the held-out split, answers that match the facts,
-a vocabulary the pretraining text covers, packing, probes, toy tasks, and that every
-arch:objective batch can be built from the world."""
+a vocabulary the pretraining text covers, packing, probes, and that every arch:objective
+batch can be built from the world; and the toy tasks of tests/toy_tasks.py."""
 import time
 
 import numpy as np
@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from minillm.data.batches import PAIRS, make_batch, make_prompt_batch, positions_needed
-from minillm.data.world import FILLERS, PRESETS, RELATIONS, TOY_TASKS, World, toy_examples, toy_tokenizer
+from minillm.data.world import FILLERS, PRESETS, RELATIONS, World
+from toy_tasks import TOY_TASKS, toy_examples, toy_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_smoke_builds_fast_and_presets_have_their_sizes():
     w.pretraining_sequences()
     assert time.perf_counter() - start < 0.5
     sizes = {p: (PRESETS[p].n_entities, len(PRESETS[p].relations), PRESETS[p].n_values) for p in PRESETS}
-    assert sizes["default"] == (40, 8, 8)  # REFERENCE.md section 4
+    assert sizes["default"] == (40, 8, 8)  # the study's world
     assert sizes["smoke"][0] < sizes["default"][0] < sizes["large"][0]
 
 
@@ -121,7 +122,7 @@ def test_facts_are_balanced_and_stated_consistently(default):
 @pytest.mark.parametrize("preset", ["smoke", "default"])
 def test_pretraining_text_covers_every_prompt_and_answer_word(preset):
     w = World(preset, seed=3)
-    text_words = set(w.pretraining_text().split())
+    text_words = set("\n".join(w.sentences()).split())
     used = set()
     for t in w.tasks + list(w.probes.values()):
         for ex in t.examples:
@@ -152,7 +153,7 @@ def test_packing_keeps_whole_sentences_in_order(smoke, seq_len):
 
 def test_probes():
     w = World("smoke", seed=0, mentions=30)  # every template of every fact appears
-    text = w.pretraining_text()
+    text = "\n".join(w.sentences())
     for r in w.relations:
         probe, mlm = w.probes[r], w.mlm_probes[r]
         assert list(probe.choice_texts) == list(w.values[r]) == list(RELATIONS[r].values[:4])

@@ -31,7 +31,7 @@
 import numpy as np
 
 from minillm.data import objectives as O
-from minillm.data.batches import iter_batches, make_batch, make_prompt_batch, pack_sequences
+from minillm.data.batches import make_batch, make_prompt_batch, pack_sequences
 from minillm.data.world import World
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
@@ -188,7 +188,17 @@ print(f"len(x) = {len(x)}, len(inputs) = {len(inputs)}, len(targets) = {len(targ
 # corrupted inputs (plus EOS) fill exactly 512 positions:
 
 # %%
-raw, n_in, n_out = O.raw_length_for_inputs(512)
+def raw_length_for_inputs(inputs_length):
+    """The longest raw length whose corrupted inputs plus EOS fit `inputs_length` (T5's
+    `random_spans_helper`); returns it with the input and target lengths, both with EOS."""
+    raw = 2
+    while O.corrupted_lengths(raw + 1)[0] + 1 <= inputs_length:
+        raw += 1
+    n_in, n_out = O.corrupted_lengths(raw)
+    return raw, n_in + 1, n_out + 1
+
+
+raw, n_in, n_out = raw_length_for_inputs(512)
 print(f"raw length {raw} -> inputs {n_in} and targets {n_out} (both with EOS)")
 assert (raw, n_in, n_out) == (568, 512, 114)
 
@@ -225,7 +235,9 @@ for arch, objective in pairs:
     seen = loss = 0
     for epoch in range(epochs):
         seqs = world.pretraining_sequences(epoch)[: 40 if FAST else None]
-        for batch in iter_batches(arch, objective, seqs, tok, batch_size=32, rng=epoch):
+        rng = np.random.default_rng(epoch)
+        for start in range(0, len(seqs), 32):                     # batches of 32 sequences
+            batch = make_batch(arch, objective, seqs[start:start + 32], tok, rng)
             seen += batch.tokens_seen
             loss += batch.loss_tokens
     table[arch, objective] = (seen, loss)

@@ -47,27 +47,15 @@ The ``tokenizer`` argument is anything with ``pad_id``, ``bos_id``, ``eos_id`` a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from .objectives import as_rng, corrupted_lengths, plm_split, span_corruption
+from ..engine.rng import as_rng
+from .objectives import corrupted_lengths, plm_split, span_corruption
 
-__all__ = [
-    "IGNORE_INDEX",
-    "ARCHS",
-    "OBJECTIVES",
-    "PAIRS",
-    "PAPER_PAIRS",
-    "Batch",
-    "check_pair",
-    "make_batch",
-    "make_prompt_batch",
-    "iter_batches",
-    "pack_sequences",
-    "positions_needed",
-    "longest_fitting",
-]
+__all__ = ["IGNORE_INDEX", "ARCHS", "OBJECTIVES", "PAIRS", "PAPER_PAIRS", "Batch", "check_pair", "make_batch",
+           "make_prompt_batch", "pack_sequences", "positions_needed", "longest_fitting"]
 
 IGNORE_INDEX = -100
 ARCHS = ("cd", "nd", "ed")
@@ -113,10 +101,8 @@ def check_pair(arch: str, objective: str) -> tuple:
     if o not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if (a, o) == ("ed", "flm"):
-        raise ValueError(
-            "arch 'ed' with objective 'flm' makes no sense: full LM gives the encoder nothing "
-            "to read; use ed:plm or ed:mlm, or a decoder-only arch for flm"
-        )
+        raise ValueError("arch 'ed' with objective 'flm' makes no sense: full LM gives the encoder nothing "
+                         "to read; use ed:plm or ed:mlm, or a decoder-only arch for flm")
     return a, o
 
 
@@ -197,29 +183,26 @@ def _assemble(arch, objective, examples, tok, max_len, pad_to, prefix_on, what="
                  prefix_len=prefix, tokens_seen=sum(map(len, fed_a)), loss_tokens=loss_tokens)
 
 
-def _packed_batch(arch, objective, rows, tok, max_len, pad_to):
-    """Rows from ``pack_sequences`` (each ends with EOS) as an FLM batch."""
-    examples = [_layout(arch, row[:0], row, tok, False) for row in rows]
-    return _assemble(arch, objective, examples, tok, max_len, pad_to, False, what="packed row")
-
-
-def pack_sequences(sequences: Sequence, max_len: int, eos_id: int) -> list:
-    """Greedy FLM packing: each sequence plus EOS, concatenated into rows of at most
-    ``max_len`` tokens, in order; a sequence is never split. Returns the rows (1-D arrays)."""
-    max_len = int(max_len)
-    rows, current = [], []
-    used = 0
+def pack_sequences(sequences: Sequence, max_len: int, eos_id: Optional[int] = None) -> list:
+    """Greedy packing, the one packer of minillm: each sequence, followed by ``eos_id``
+    unless it is None, joins the current row if the row stays within ``max_len`` tokens,
+    else starts a new row; a sequence is never split. Returns the rows (1-D int64 arrays)
+    in order. FLM packing (``make_batch(pack=True)``), the examples of
+    ``minillm.data.corpus.BatchStream`` and the world's pretraining sequences all use it."""
+    max_len, end = int(max_len), np.array([] if eos_id is None else [eos_id], dtype=np.int64)
+    rows, current, used = [], [], 0
     for i, x in enumerate(sequences):
         x = _as_seq(x, i)
-        need = len(x) + 1
+        need = len(x) + len(end)
         if len(x) < 1:
             raise ValueError(f"sequence {i} is empty")
         if need > max_len:
-            raise ValueError(f"sequence {i} needs {need} positions for flm but max_len is {max_len}")
+            what = "" if eos_id is None else " for flm"
+            raise ValueError(f"sequence {i} needs {need} positions{what} but max_len is {max_len}")
         if used + need > max_len:
             rows.append(np.concatenate(current))
             current, used = [], 0
-        current += [x, np.array([eos_id], dtype=np.int64)]
+        current += [x, end]
         used += need
     if current:
         rows.append(np.concatenate(current))
@@ -248,8 +231,7 @@ def make_batch(arch: str, objective: str, sequences: Sequence, tokenizer, rng=No
             raise ValueError(f"pack=True is only for objective 'flm', got {objective!r}")
         if max_len is None:
             raise ValueError("pack=True needs max_len")
-        return _packed_batch(arch, objective, pack_sequences(seqs, max_len, tok.eos_id),
-                             tok, max_len, pad_to)
+        seqs = [row[:-1] for row in pack_sequences(seqs, max_len, tok.eos_id)]  # FLM adds the EOS back
     rng = as_rng(rng)
     examples = []
     for i, x in enumerate(seqs):
@@ -270,9 +252,7 @@ def make_prompt_batch(arch: str, prompts: Sequence, completions: Sequence, token
     matching ED:MLM pretraining (use it with prompts in the MLM format).
     Summing ``-cross_entropy`` over the loss positions of a row scores the completion.
     """
-    arch = str(arch).lower()
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    arch = check_pair(arch, "plm")[0]  # every arch takes prompts as it takes PLM
     if len(prompts) != len(completions):
         raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
     examples = []
@@ -283,41 +263,6 @@ def make_prompt_batch(arch: str, prompts: Sequence, completions: Sequence, token
             raise ValueError(f"completion {i} is empty")
         examples.append(_layout(arch, p, out, tokenizer, src_eos))
     return _assemble(arch, "prompt", examples, tokenizer, max_len, pad_to, arch == "nd", what="example")
-
-
-def iter_batches(arch: str, objective: str, sequences: Sequence, tokenizer, batch_size: int,
-                 rng=None, max_len: Optional[int] = None, *, shuffle: bool = True,
-                 drop_last: bool = False, pack: bool = False, **kwargs) -> Iterator[Batch]:
-    """One epoch of batches over ``sequences`` (shuffled with ``rng`` if ``shuffle``).
-    With ``pack=True`` (FLM) the sequences are packed into rows first and ``batch_size``
-    counts rows. Extra keyword arguments go to ``make_batch``."""
-    arch, objective = check_pair(arch, objective)
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rng = as_rng(rng)
-    seqs = list(sequences)
-    if not seqs:
-        raise ValueError("empty corpus: no sequences given")
-    order = rng.permutation(len(seqs)) if shuffle else np.arange(len(seqs))
-    seqs = [seqs[i] for i in order]
-    if pack:
-        if objective != "flm":
-            raise ValueError(f"pack=True is only for objective 'flm', got {objective!r}")
-        if max_len is None:
-            raise ValueError("pack=True needs max_len")
-        rows = pack_sequences(seqs, max_len, tokenizer.eos_id)
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            if drop_last and len(chunk) < batch_size:
-                return
-            yield _packed_batch(arch, objective, chunk, tokenizer, max_len, kwargs.get("pad_to"))
-        return
-    for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start : start + batch_size]
-        if drop_last and len(chunk) < batch_size:
-            return
-        yield make_batch(arch, objective, chunk, tokenizer, rng, max_len, **kwargs)
 
 
 def positions_needed(arch: str, objective: str, length: int, noise_density: float = 0.15,

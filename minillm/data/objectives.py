@@ -1,7 +1,7 @@
 """The three pretraining objectives of Wang et al. 2022, at the level of one sequence.
 
 - FLM (full language modeling): predict every next token. Nothing to cut; the batch
-  builders in ``minillm.batches`` lay it out.
+  builders in ``minillm.data.batches`` lay it out.
 - PLM (prefix language modeling): split a sequence at ``s ~ UniformInt[1, L-1]``; the
   prefix ``x[:s]`` is context, the continuation ``x[s:]`` carries the loss.
 - MLM (T5 span corruption): ``random_spans_noise_mask`` picks noise spans exactly as T5's
@@ -9,26 +9,18 @@
   the inputs and makes targets of "sentinel, hidden tokens" for every span.
 
 How these become model inputs for each architecture (BOS, prefix length, padding) lives
-in ``minillm.batches``. Everything here is NumPy only. Wherever randomness is drawn,
-``rng`` is a ``np.random.Generator`` or an int seed (``None`` = fresh OS entropy).
+in ``minillm.data.batches``. Everything here is NumPy only. Wherever randomness is drawn,
+``rng`` is a ``np.random.Generator`` or an int seed (``None`` = fresh OS entropy), as
+``minillm.engine.rng.as_rng`` takes it.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..engine.rng import as_rng
+from ..engine.rng import as_rng  # re-exported: objectives.as_rng is the same helper
 
-__all__ = [
-    "as_rng",
-    "noise_counts",
-    "random_spans_noise_mask",
-    "apply_noise_mask",
-    "span_corruption",
-    "corrupted_lengths",
-    "raw_length_for_inputs",
-    "plm_split",
-    "prefix_lm",
-]
+__all__ = ["as_rng", "noise_counts", "random_spans_noise_mask", "apply_noise_mask", "span_corruption",
+           "corrupted_lengths", "plm_split"]
 
 
 def _check_noise_args(noise_density, mean_span_length):
@@ -97,18 +89,14 @@ def apply_noise_mask(tokens, noise_mask, sentinels):
     tokens = np.asarray(tokens)
     mask = np.asarray(noise_mask, dtype=bool)
     if tokens.ndim != 1 or mask.shape != tokens.shape:
-        raise ValueError(
-            f"tokens and noise_mask must be 1-D of the same length, got shapes "
-            f"{tokens.shape} and {mask.shape}"
-        )
+        raise ValueError(f"tokens and noise_mask must be 1-D of the same length, got shapes {tokens.shape} "
+                         f"and {mask.shape}")
     is_start = mask & ~np.concatenate(([False], mask[:-1]))  # first token of a noise span
     n_spans = int(is_start.sum())
     sentinels = np.asarray(sentinels, dtype=np.int64).reshape(-1)
     if n_spans > len(sentinels):
-        raise ValueError(
-            f"out of sentinels: {n_spans} noise spans but only {len(sentinels)} sentinels "
-            f"(give the tokenizer more sentinels or use shorter sequences)"
-        )
+        raise ValueError(f"out of sentinels: {n_spans} noise spans but only {len(sentinels)} sentinels "
+                         f"(give the tokenizer more sentinels or use shorter sequences)")
     span = np.cumsum(is_start) - 1  # index of the span a noise token belongs to
     # inputs: kept tokens; span k's first token becomes sentinel k, the rest are dropped
     inputs = tokens.astype(np.int64)
@@ -132,17 +120,8 @@ def span_corruption(tokens, sentinels, noise_density=0.15, mean_span_length=3.0,
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
-    _check_noise_args(noise_density, mean_span_length)
     if len(tokens) < 2:
-        raise ValueError(
-            f"sequence too short to corrupt: length {len(tokens)}, need at least 2 tokens"
-        )
-    n_noise, n_spans = noise_counts(len(tokens), noise_density, mean_span_length)
-    if n_spans > len(sentinels):
-        raise ValueError(
-            f"out of sentinels: a sequence of {len(tokens)} tokens gets {n_spans} noise spans "
-            f"but only {len(sentinels)} sentinels were given"
-        )
+        raise ValueError(f"sequence too short to corrupt: length {len(tokens)}, need at least 2 tokens")
     mask = random_spans_noise_mask(len(tokens), noise_density, mean_span_length, rng)
     return apply_noise_mask(tokens, mask, sentinels)
 
@@ -156,36 +135,9 @@ def corrupted_lengths(length, noise_density=0.15, mean_span_length=3.0):
     return int(length) - n_noise + n_spans, n_noise + n_spans
 
 
-def raw_length_for_inputs(inputs_length, noise_density=0.15, mean_span_length=3.0):
-    """The longest raw length whose corrupted inputs plus one EOS fit ``inputs_length``,
-    as T5's ``random_spans_helper``; returns ``(raw_length, inputs_length_with_eos,
-    targets_length_with_eos)``. For 512 at the defaults T5 gets (568, 512, 114)."""
-    inputs_length = int(inputs_length)
-    if inputs_length < 3:
-        raise ValueError(f"inputs_length must be >= 3, got {inputs_length}")
-
-    def with_eos(n):
-        i, t = corrupted_lengths(n, noise_density, mean_span_length)
-        return i + 1, t + 1
-
-    raw = 2
-    if with_eos(raw)[0] > inputs_length:
-        raise ValueError(f"inputs_length {inputs_length} is too small for any corruption")
-    while with_eos(raw + 1)[0] <= inputs_length:
-        raw += 1
-    return (raw, *with_eos(raw))
-
-
 def plm_split(length, rng=None) -> int:
     """A PLM split point ``s ~ UniformInt[1, length - 1]`` (both ends included)."""
     length = int(length)
     if length < 2:
         raise ValueError(f"sequence too short to split for PLM: length {length}, need >= 2")
     return int(as_rng(rng).integers(1, length))
-
-
-def prefix_lm(tokens, rng=None):
-    """Split ``tokens`` for PLM: returns ``(prefix, continuation) = (x[:s], x[s:])``."""
-    tokens = np.asarray(tokens)
-    s = plm_split(len(tokens), rng)
-    return tokens[:s], tokens[s:]

@@ -13,7 +13,7 @@ batch builders read nothing else.
   which is ``text`` itself for text in that normal form (the world's text always is).
   Unknown words raise ``ValueError`` naming the word and where it is. Special token names
   (``<eos>``, ``<extra_id_3>``, ...) in the text map to their ids.
-- ``save(path)`` / ``load_tokenizer(path)``: JSON.
+- ``tok.to_dict()`` / ``tokenizer_from_dict(d)``: a JSON-ready dict (checkpoints store it).
 - ``iter_text_file(path)`` streams a UTF-8 file in chunks (invalid UTF-8 is a ``ValueError``
   naming the file and the byte offset); ``tok.encode_file(path)`` streams ids and
   ``file_sequences(path, tok, length)`` cuts the stream into training sequences.
@@ -21,22 +21,14 @@ batch builders read nothing else.
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import re
 from typing import Iterable, Iterator
 
 import numpy as np
 
-__all__ = [
-    "SPECIAL_TOKENS",
-    "Tokenizer",
-    "ByteTokenizer",
-    "WordTokenizer",
-    "load_tokenizer",
-    "iter_text_file",
-    "file_sequences",
-]
+__all__ = ["SPECIAL_TOKENS", "Tokenizer", "ByteTokenizer", "WordTokenizer", "tokenizer_from_dict", "iter_text_file",
+           "file_sequences"]
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>")
 _TRAILING_WORD = re.compile(r"\S*\Z")
@@ -63,7 +55,8 @@ class Tokenizer:
         self._special_names = list(SPECIAL_TOKENS) + [sentinel_name(k) for k in range(n_sentinels)]
         self._special_index = {name: i for i, name in enumerate(self._special_names)}
 
-    # subclasses define: vocab_size, encode, _decode_regular, _payload
+    # subclasses define: vocab_size, encode, decode, encode_file (ids of a UTF-8 file, one
+    # array per chunk read), _regular_name, _payload
     def is_special(self, token_id: int) -> bool:
         return 0 <= int(token_id) < self.n_special
 
@@ -79,22 +72,11 @@ class Tokenizer:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         bad = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
         if len(bad):
-            raise ValueError(
-                f"token id {ids[bad[0]]} at index {bad[0]} out of range [0, {self.vocab_size})"
-            )
+            raise ValueError(f"token id {ids[bad[0]]} at index {bad[0]} out of range [0, {self.vocab_size})")
         return ids
 
-    def encode_file(self, path, chunk_bytes: int = 1 << 20) -> Iterator[np.ndarray]:
-        """Stream the ids of a UTF-8 text file, one array per chunk read."""
-        raise NotImplementedError
-
-    # ---- JSON ----
     def to_dict(self) -> dict:
         return {"type": self.kind, "n_sentinels": self.n_sentinels, **self._payload()}
-
-    def save(self, path) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
 
     def __eq__(self, other):
         return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
@@ -118,10 +100,7 @@ class ByteTokenizer(Tokenizer):
     def encode(self, text: str) -> np.ndarray:
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
-        return self.encode_bytes(text.encode("utf-8"))
-
-    def encode_bytes(self, data: bytes) -> np.ndarray:
-        return np.frombuffer(data, dtype=np.uint8).astype(np.int64) + self.n_special
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + self.n_special
 
     def decode(self, ids, skip_special: bool = False, errors: str = "replace") -> str:
         """Bytes back to text; special ids become their names (or vanish if
@@ -183,12 +162,6 @@ class WordTokenizer(Tokenizer):
             raise ValueError("empty corpus: no words to build a vocabulary from")
         return cls(words, n_sentinels)
 
-    def token_to_id(self, word: str) -> int:
-        try:
-            return self._index[word]
-        except KeyError:
-            raise ValueError(f"unknown word {word!r} (not in the vocabulary)") from None
-
     def _regular_name(self, token_id):
         return self.words[token_id - self.n_special]
 
@@ -200,9 +173,7 @@ class WordTokenizer(Tokenizer):
         for k, w in enumerate(words):
             i = self._index.get(w)
             if i is None:
-                raise ValueError(
-                    f"unknown word {w!r} at word index {_first + k}{_where} (not in the vocabulary)"
-                )
+                raise ValueError(f"unknown word {w!r} at word index {_first + k}{_where} (not in the vocabulary)")
             ids[k] = i
         return ids
 
@@ -228,14 +199,8 @@ class WordTokenizer(Tokenizer):
         return {"words": self.words}
 
 
-def load_tokenizer(path) -> Tokenizer:
-    """Load a tokenizer saved with ``save``; the JSON says which kind it is."""
-    with open(path, encoding="utf-8") as f:
-        d = json.load(f)
-    return tokenizer_from_dict(d, source=os.fspath(path))
-
-
 def tokenizer_from_dict(d: dict, source: str = "dict") -> Tokenizer:
+    """The tokenizer ``to_dict`` describes; ``source`` names where ``d`` came from in errors."""
     kind = d.get("type")
     if kind == "byte":
         return ByteTokenizer(d["n_sentinels"])
@@ -265,10 +230,8 @@ def iter_text_file(path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
                 offset = consumed - len(pending) + e.start
                 line = newlines - pending.count(b"\n") + e.object[: e.start].count(b"\n") + 1
                 bad = e.object[e.start : e.end]
-                raise ValueError(
-                    f"{os.fspath(path)}: invalid UTF-8 at byte offset {offset} "
-                    f"(line {line}): {bad!r} ({e.reason})"
-                ) from None
+                raise ValueError(f"{os.fspath(path)}: invalid UTF-8 at byte offset {offset} "
+                                 f"(line {line}): {bad!r} ({e.reason})") from None
             consumed += len(data)
             newlines += data.count(b"\n")
             if text:

@@ -1,12 +1,13 @@
-"""The built-in synthetic world: made-up people with attributes, plain-text statements of
-those facts for pretraining, and prompted tasks over them for multitask finetuning and
-zero-shot evaluation. Plus classic toy tasks (copy, reverse, sort, addition).
+"""The built-in synthetic world the study trains on: made-up people with attributes,
+plain-text statements of those facts for pretraining, and prompted tasks over them for
+multitask finetuning and zero-shot evaluation.
 
-Modelled on the world that a throwaway prototype showed to work (REFERENCE.md section 4):
-one-token entities x 8 relations (colour, city, job, pet, food, sport, instrument,
+One-token entities x 8 relations (colour, city, job, pet, food, sport, instrument,
 language) x up to 8 one-token values; 3 statement templates per relation, entity before
 value; about 5% filler sentences so that the words of the question frames are known;
-sentences packed greedily into sequences of at most ``seq_len`` tokens.
+sentences packed greedily into sequences of at most ``seq_len`` tokens. The design was
+chosen because a small prototype showed that on such a world a toy model learns the
+facts and transfers to tasks on held-out relations.
 
     world = World("default", seed=0)
     world.tokenizer                          # WordTokenizer, pad/bos/eos/sep/sentinels
@@ -33,20 +34,10 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from .batches import pack_sequences
 from .tokenizer import WordTokenizer, sentinel_name
 
-__all__ = [
-    "RELATIONS",
-    "WorldConfig",
-    "PRESETS",
-    "Example",
-    "Task",
-    "World",
-    "TOY_TASKS",
-    "ToyExample",
-    "toy_tokenizer",
-    "toy_examples",
-]
+__all__ = ["RELATIONS", "WorldConfig", "PRESETS", "Example", "Task", "World"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +129,7 @@ class WorldConfig:
 PRESETS = {
     # for tests: builds in milliseconds
     "smoke": WorldConfig(n_entities=8, n_values=4, mentions=2, seq_len=31, max_examples=16, n_sentinels=16),
-    # REFERENCE section 4's world: 40 x 8 x 8, packed to 63 tokens (+BOS = 64 for FLM)
+    # the study's world: 40 x 8 x 8, packed to 63 tokens (+BOS = 64 for FLM)
     "default": WorldConfig(n_entities=40),
     # more facts and longer sequences, for larger budgets
     "large": WorldConfig(n_entities=100, mentions=8, seq_len=127, max_examples=400),
@@ -192,10 +183,6 @@ def _entity_names(n, rng, taken):
             seen.add(name)
             names.append(name)
     return names
-
-
-def _fill(template, **slots):
-    return template.format(**slots)
 
 
 class World:
@@ -266,23 +253,27 @@ class World:
         return "heldout" if relation in self.heldout_relations else "train"
 
     # ---------------------------------------------------------------- tasks
+    def _task(self, kind, r, templates, choice_texts, items, choices=None):
+        """The ``kind`` task of relation ``r``: each template filled with the slots of each
+        ``(slots, answer)`` of ``items``; ``choices`` defaults to the ``choice_texts`` encoded."""
+        choices = choices or tuple(self._encode(c) for c in choice_texts)
+        name = f"{r}_qa" if kind == "qa" else f"{kind}_{r}"
+        task = Task(name, kind, (r,), self._split(r), templates, choice_texts)
+        for k, t in enumerate(templates):
+            for slots, answer in items:
+                text = t.format(**slots)
+                task.examples.append(Example(self._encode(text), choices, answer, k, text))
+        return task
+
     def _make_tasks(self):
-        tasks = []
-        yes_no = tuple(self._encode(w) for w in YES_NO)
-        cap = self.config.max_examples
+        tasks, cap = [], self.config.max_examples
         for r in self.relations:
             rng = np.random.default_rng([self.seed, 2, self.relations.index(r)])
             values = self.values[r]
-            value_ids = tuple(self._encode(v) for v in values)
-            # question answering
-            templates = tuple(_fill(t, rel=r, e="{e}") for t in QA_TEMPLATES) + (RELATIONS[r].question,)
-            qa = Task(f"{r}_qa", "qa", (r,), self._split(r), templates, values)
-            for k, t in enumerate(templates):
-                for e in self.entities:
-                    text = _fill(t, e=e)
-                    qa.examples.append(Example(self._encode(text), value_ids,
-                                               values.index(self.facts[e, r]), k, text))
-            tasks.append(qa)
+            # question answering: every entity, in every template
+            templates = tuple(t.format(rel=r, e="{e}") for t in QA_TEMPLATES) + (RELATIONS[r].question,)
+            facts = [({"e": e}, values.index(self.facts[e, r])) for e in self.entities]
+            tasks.append(self._task("qa", r, templates, values, facts))
             # yes/no verification: one true and one false claim per entity
             claims = []
             for e in self.entities:
@@ -290,13 +281,8 @@ class World:
                 false_v = rng.choice([v for v in values if v != true_v])
                 claims += [(e, true_v, 0), (e, str(false_v), 1)]
             claims = [claims[i] for i in rng.permutation(len(claims))[:cap]]
-            templates = tuple(_fill(t, rel=r, e="{e}", v="{v}") for t in VERIFY_TEMPLATES)
-            ver = Task(f"verify_{r}", "verify", (r,), self._split(r), templates, YES_NO)
-            for k, t in enumerate(templates):
-                for e, v, ans in claims:
-                    text = _fill(t, e=e, v=v)
-                    ver.examples.append(Example(self._encode(text), yes_no, ans, k, text))
-            tasks.append(ver)
+            templates = tuple(t.format(rel=r, e="{e}", v="{v}") for t in VERIFY_TEMPLATES)
+            tasks.append(self._task("verify", r, templates, YES_NO, [({"e": e, "v": v}, a) for e, v, a in claims]))
             # comparison: do two entities share the value? half yes, half no
             same, diff = [], []
             for i, e in enumerate(self.entities):
@@ -306,31 +292,19 @@ class World:
             pairs = [(*same[i], 0) for i in rng.permutation(len(same))[:n]]
             pairs += [(*diff[i], 1) for i in rng.permutation(len(diff))[:n]]
             pairs = [pairs[i] for i in rng.permutation(len(pairs))]
-            templates = tuple(_fill(t, rel=r, e="{e}", f="{f}") for t in COMPARE_TEMPLATES)
-            cmp_task = Task(f"compare_{r}", "compare", (r,), self._split(r), templates, YES_NO)
-            for k, t in enumerate(templates):
-                for e, f, ans in pairs:
-                    text = _fill(t, e=e, f=f)
-                    cmp_task.examples.append(Example(self._encode(text), yes_no, ans, k, text))
-            tasks.append(cmp_task)
+            templates = tuple(t.format(rel=r, e="{e}", f="{f}") for t in COMPARE_TEMPLATES)
+            tasks.append(self._task("compare", r, templates, YES_NO, [({"e": e, "f": f}, a) for e, f, a in pairs]))
         return tasks
 
     def _probe(self, r, mlm):
-        statement = RELATIONS[r].statements[0]
-        values = self.values[r]
+        """The first statement of ``r`` cut before the value (MLM: the value a sentinel)."""
+        statement, values = RELATIONS[r].statements[0], self.values[r]
+        facts = [({"e": e}, values.index(self.facts[e, r])) for e in self.entities]
         if mlm:
             s0 = self.tokenizer.sentinel_ids[0]
-            template = statement.replace("{v}", sentinel_name(0))
             choices = tuple((s0, *self._encode(v)) for v in values)
-            task = Task(f"mlm_probe_{r}", "mlm_probe", (r,), self._split(r), (template,), values)
-        else:
-            template = statement[: statement.index("{v}")].rstrip()
-            choices = tuple(self._encode(v) for v in values)
-            task = Task(f"probe_{r}", "probe", (r,), self._split(r), (template,), values)
-        for e in self.entities:
-            text = _fill(template, e=e)
-            task.examples.append(Example(self._encode(text), choices, values.index(self.facts[e, r]), 0, text))
-        return task
+            return self._task("mlm_probe", r, (statement.replace("{v}", sentinel_name(0)),), values, facts, choices)
+        return self._task("probe", r, (statement[: statement.index("{v}")].rstrip(),), values, facts)
 
     @property
     def train_tasks(self) -> List[Task]:
@@ -366,7 +340,7 @@ class World:
         for (e, r), v in self.facts.items():
             templates = RELATIONS[r].statements
             for k in rng.integers(len(templates), size=cfg.mentions):
-                out.append(_fill(templates[k], e=e, v=v))
+                out.append(templates[k].format(e=e, v=v))
         n_filler = int(round(len(out) * cfg.filler_fraction / (1 - cfg.filler_fraction)))
         if cfg.filler_fraction > 0:
             n_filler = max(n_filler, len(FILLERS))
@@ -374,25 +348,16 @@ class World:
         out += [cycle[i % len(FILLERS)] for i in range(n_filler)]
         return [out[i] for i in rng.permutation(len(out))]
 
-    def pretraining_text(self, epoch: int = 0) -> str:
-        return "\n".join(self.sentences(epoch)) + "\n"
-
     def pretraining_sequences(self, epoch: int = 0, seq_len: int = None) -> List[np.ndarray]:
         """Sentences of one epoch packed greedily, in order, into int64 sequences of at
         most ``seq_len`` tokens (default: the preset's); a sentence is never split."""
         seq_len = self.config.seq_len if seq_len is None else int(seq_len)
-        seqs, current = [], []
-        for s in self.sentences(epoch):
-            ids = self.tokenizer.encode(s)
-            if len(ids) > seq_len:
-                raise ValueError(f"seq_len {seq_len} is shorter than a sentence ({len(ids)} tokens): {s!r}")
-            if len(current) + len(ids) > seq_len:
-                seqs.append(np.asarray(current, dtype=np.int64))
-                current = []
-            current.extend(ids.tolist())
-        if current:
-            seqs.append(np.asarray(current, dtype=np.int64))
-        return seqs
+        sentences = self.sentences(epoch)
+        ids = [self.tokenizer.encode(s) for s in sentences]
+        for s, x in zip(sentences, ids):
+            if len(x) > seq_len:
+                raise ValueError(f"seq_len {seq_len} is shorter than a sentence ({len(x)} tokens): {s!r}")
+        return pack_sequences(ids, seq_len)
 
     def describe(self) -> str:
         n_tok = sum(len(s) for s in self.pretraining_sequences())
@@ -400,52 +365,3 @@ class World:
                 f"{len(self.relations)} relations x {self.config.n_values} values; train relations "
                 f"{self.train_relations}, held out {self.heldout_relations}; vocab "
                 f"{self.tokenizer.vocab_size}; {len(self.tasks)} tasks; {n_tok} pretraining tokens per epoch")
-
-
-# ---------------------------------------------------------------- classic toy tasks
-TOY_TASKS = ("copy", "reverse", "sort", "addition")
-
-
-@dataclass(frozen=True)
-class ToyExample:
-    prompt: Tuple[int, ...]
-    answer: Tuple[int, ...]
-    prompt_text: str
-    answer_text: str
-
-
-def toy_tokenizer(n_sentinels: int = 8) -> WordTokenizer:
-    """Digits 0-9, the task names, and ``: + =``."""
-    return WordTokenizer([str(d) for d in range(10)] + list(TOY_TASKS) + [":", "+", "="], n_sentinels)
-
-
-def _random_number(rng, min_len, max_len):
-    """A number with a uniformly drawn digit count (no leading zeros)."""
-    digits = int(rng.integers(min_len, max_len + 1))
-    return int(rng.integers(10 ** (digits - 1) if digits > 1 else 0, 10**digits))
-
-
-def toy_examples(name: str, n: int, seed: int = 0, min_len: int = 1, max_len: int = 8,
-                 tokenizer: WordTokenizer = None) -> List[ToyExample]:
-    """``n`` examples of a classic toy task over digit tokens, e.g. ``"reverse : 3 1 4 ="``
-    -> ``"4 1 3"``; for addition ``"addition : 1 2 + 7 ="`` -> ``"1 9"`` (numbers of
-    ``min_len``..``max_len`` digits)."""
-    if name not in TOY_TASKS:
-        raise ValueError(f"toy task must be one of {TOY_TASKS}, got {name!r}")
-    if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
-    tok = tokenizer or toy_tokenizer()
-    rng = np.random.default_rng([int(seed), TOY_TASKS.index(name)])
-    out = []
-    for _ in range(int(n)):
-        if name == "addition":
-            a, b = (_random_number(rng, min_len, max_len) for _ in range(2))
-            body, answer = f"{' '.join(str(a))} + {' '.join(str(b))}", " ".join(str(a + b))
-        else:
-            digits = rng.integers(0, 10, size=int(rng.integers(min_len, max_len + 1))).tolist()
-            result = {"copy": digits, "reverse": digits[::-1], "sort": sorted(digits)}[name]
-            body, answer = " ".join(map(str, digits)), " ".join(map(str, result))
-        prompt = f"{name} : {body} ="
-        out.append(ToyExample(tuple(int(i) for i in tok.encode(prompt)),
-                              tuple(int(i) for i in tok.encode(answer)), prompt, answer))
-    return out

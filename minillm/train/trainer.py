@@ -1,7 +1,8 @@
-"""Training: a config, a deterministic stream of batches, and one loop.
+"""Training: a config, its presets, and one loop over the batches of the run's data
+(``minillm.data.corpus``: ``load_corpus``, ``BatchStream``, re-exported here).
 
     cfg = TrainConfig(arch="cd", objective="flm", preset="smoke")
-    corpus = load_corpus(cfg)                          # tokenizer + train/val documents
+    corpus = load_corpus(cfg.resolved())               # tokenizer + train/val documents
     trainer = Trainer(cfg, corpus, out_dir="runs/x")   # builds the model and the optimiser
     trainer.fit()                                      # trains until cfg.tokens are seen
 
@@ -29,17 +30,17 @@ import sys
 import threading
 import time
 
-import numpy as np
-
+from ..data.batches import IGNORE_INDEX, check_pair
+from ..data.corpus import BatchStream, Corpus, load_corpus, validation_batches  # also re-exported
 from ..engine import functional as F
-from . import optim
-from ..data.batches import IGNORE_INDEX, check_pair, longest_fitting, make_batch
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, write_json_atomic
-from ..model.models import ModelConfig, build_model
 from ..engine.tensor import no_grad
+from ..model.models import ModelConfig, build_model
+from ..model.nn import eval_mode
+from . import optim
+from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, write_json_atomic
 
-__all__ = ["TrainConfig", "PRESETS", "Corpus", "load_corpus", "BatchStream", "validation_batches", "Trainer",
-           "NonFiniteLoss", "Interrupted", "evaluate_loss"]
+__all__ = ["TrainConfig", "PRESETS", "Trainer", "NonFiniteLoss", "Interrupted", "evaluate_loss",
+           "Corpus", "load_corpus", "BatchStream", "validation_batches"]
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -85,11 +86,7 @@ class TrainConfig:
         preset = PRESETS.get(self.preset)
         if preset is None:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        values = dataclasses.asdict(self)
-        for k, v in preset.items():
-            if values[k] is None:
-                values[k] = v
-        cfg = TrainConfig(**values)
+        cfg = dataclasses.replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
         cfg.arch, cfg.objective = check_pair(cfg.arch, cfg.objective)
         for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_len", "tokens", "batch_size",
                      "grad_accum", "log_every", "eval_batches", "checkpoint_every"):
@@ -117,8 +114,8 @@ class TrainConfig:
                            dropout=self.dropout, pad_id=tokenizer.pad_id)
 
 
-# The default preset is the model and budget that learned the world's facts in the
-# prototype (REFERENCE.md section 4): 800 steps x 32 rows x 64 positions.
+# The default preset is the model and budget (800 steps x 32 rows x 64 positions) with
+# which a small prototype learned the facts of the default world.
 PRESETS = {
     "smoke": dict(d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=32, batch_size=8,
                   tokens=8 * 32 * 12, lr=3e-3),
@@ -129,159 +126,21 @@ PRESETS = {
 }
 
 
-# ---- data --------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Corpus:
-    """A tokenizer, training documents and validation documents (1-D integer id arrays of any
-    length). ``train`` is a list, or a function ``epoch -> list`` for data that is drawn
-    afresh each epoch (the world states its facts in newly sampled templates every epoch)."""
-
-    tokenizer: object
-    train: object
-    val: list
-    name: str = ""
-
-    def train_docs(self, epoch):
-        return self.train(epoch) if callable(self.train) else self.train
-
-
-def load_corpus(cfg):
-    """The corpus a (resolved) config names: the built-in world or a text file."""
-    if cfg.data == "world":
-        return _world_corpus(cfg)
-    return _file_corpus(cfg.data, longest_fitting(cfg.arch, cfg.objective, cfg.max_len))
-
-
-def _file_corpus(path, length):
-    """A UTF-8 text file, byte-tokenized, cut into documents of ``length`` tokens; the last
-    5% of them (at least one) are held out for validation."""
-    from ..data.tokenizer import ByteTokenizer, file_sequences
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist (use --data world for the built-in world)")
-    if not os.access(path, os.R_OK):
-        raise PermissionError(f"data file {path!r} is not readable")
-    tok = ByteTokenizer()
-    docs = [np.asarray(d, dtype=np.int32) for d in file_sequences(path, tok, length)]
-    n_val = max(1, len(docs) // 20) if len(docs) > 1 else 0
-    train, val = docs[:len(docs) - n_val], docs[len(docs) - n_val:]
-    return Corpus(tok, train, val or train, name=os.path.basename(path))
-
-
-VAL_EPOCH = 999_999  # the world epoch whose sentences serve as validation text
-
-
-def _world_corpus(cfg):
-    """The built-in world of the config's preset: each sentence is a document; training
-    epoch e uses the world's sentences of epoch e (facts restated in fresh templates)."""
-    from ..data.world import World
-    world = World(cfg.world_preset or cfg.preset, seed=cfg.world_seed)
-    tok = world.tokenizer
-
-    def sentences(epoch):
-        return [tok.encode(s) for s in world.sentences(epoch)]
-
-    return Corpus(tok, sentences, sentences(VAL_EPOCH), name=f"world:{cfg.world_preset or cfg.preset}:{cfg.world_seed}")
-
-
-class BatchStream:
-    """The batches of a run, as a pure function of ``(seed, index)``.
-
-    Each epoch's documents are joined greedily, in a seeded shuffled order, into *examples*
-    of at most ``L`` tokens, ``L`` being the longest sequence whose ``arch:objective``
-    layout fits ``max_len`` positions; documents inside an example are separated by EOS
-    (for FLM this is packing). A document longer than ``L`` is cut into pieces.
-
-    Batch ``i`` holds rows ``i*B .. i*B+B-1`` of an endless stream. Row ``k`` is example
-    ``k mod N`` (in a seeded permutation) of epoch ``k div N``, where ``N`` is the number of
-    examples of epoch 0 (another epoch with a few more or fewer examples repeats or skips
-    a few). The PLM split points and MLM noise spans of batch ``i`` come from
-    ``default_rng([seed, i])``. Nothing else is random, so resuming at any step is exact.
-    """
-
-    def __init__(self, arch, objective, corpus, batch_size, max_len, seed, docs=None):
-        self.arch, self.objective = check_pair(arch, objective)
-        self.corpus, self.tokenizer = corpus, corpus.tokenizer
-        self.batch_size, self.max_len, self.seed = batch_size, max_len, seed
-        self.length = longest_fitting(arch, objective, max_len)
-        self._docs = docs  # a fixed list (validation), else corpus.train_docs(epoch)
-        self._epoch, self._examples = None, None
-        self.per_epoch = len(self._epoch_examples(0))
-
-    def _epoch_examples(self, epoch):
-        if epoch != self._epoch:
-            docs = self._docs if self._docs is not None else self.corpus.train_docs(epoch)
-            docs = [np.asarray(d, dtype=np.int64) for d in docs if len(d)]
-            if not docs:
-                raise ValueError(f"empty corpus {self.corpus.name!r}: no documents with tokens")
-            rng = np.random.default_rng([self.seed, 7, epoch])
-            examples = self._join([docs[i] for i in rng.permutation(len(docs))],
-                                  self.tokenizer.eos_id, self.length)
-            self._epoch, self._examples = epoch, [examples[i] for i in rng.permutation(len(examples))]
-        return self._examples
-
-    @staticmethod
-    def _join(docs, eos, length):
-        examples, current, used = [], [], 0
-        for doc in docs:
-            for start in range(0, len(doc), length):
-                piece = doc[start:start + length]
-                if current and used + 1 + len(piece) > length:
-                    examples.append(np.concatenate(current))
-                    current, used = [], 0
-                if current:
-                    current.append(np.array([eos], dtype=np.int64))
-                    used += 1
-                current.append(piece)
-                used += len(piece)
-        if current:
-            examples.append(np.concatenate(current))
-        return examples
-
-    def _row(self, k):
-        epoch, pos = divmod(k, self.per_epoch)
-        examples = self._epoch_examples(epoch)
-        return examples[pos % len(examples)]
-
-    def batch(self, index):
-        seqs = [self._row(index * self.batch_size + j) for j in range(self.batch_size)]
-        return make_batch(self.arch, self.objective, seqs, self.tokenizer,
-                          np.random.default_rng([self.seed, index]), self.max_len)
-
-
-def validation_batches(cfg, corpus):
-    """The fixed validation batches of a run: ``cfg.eval_batches`` batches of the corpus's
-    validation documents, laid out like the training batches."""
-    val = BatchStream(cfg.arch, cfg.objective, corpus, cfg.batch_size, cfg.max_len,
-                      seed=cfg.seed + 1_000_003, docs=corpus.val)
-    return [val.batch(i) for i in range(cfg.eval_batches)]
-
-
 # ---- evaluation ----------------------------------------------------------------------------------
-
-def _loss(model, batch):
-    return F.cross_entropy(model(*batch.inputs), batch.targets, ignore_index=IGNORE_INDEX)
-
 
 def evaluate_loss(model, batches):
     """Token-weighted mean loss, perplexity and next-token accuracy over ``batches`` (eval
     mode, no graph). Returns a dict with ``val_loss``, ``val_ppl``, ``val_acc``, ``val_tokens``."""
-    was_training = model.training
-    model.eval()
     total, correct, n = 0.0, 0, 0
-    try:
-        with no_grad():
-            for b in batches:
-                logits = model(*b.inputs)
-                loss = F.cross_entropy(logits, b.targets, ignore_index=IGNORE_INDEX).item()
-                keep = b.targets != IGNORE_INDEX
-                total += loss * keep.sum()
-                correct += int((logits.data.argmax(-1) == b.targets)[keep].sum())
-                n += int(keep.sum())
-    finally:
-        model.train(was_training)
-    mean = total / max(n, 1)
-    mean = float(mean)
+    with eval_mode(model), no_grad():
+        for b in batches:
+            logits = model(*b.inputs)
+            loss = F.cross_entropy(logits, b.targets, ignore_index=IGNORE_INDEX).item()
+            keep = b.targets != IGNORE_INDEX
+            total += loss * keep.sum()
+            correct += int((logits.data.argmax(-1) == b.targets)[keep].sum())
+            n += int(keep.sum())
+    mean = float(total / max(n, 1))
     return {"val_loss": mean, "val_ppl": math.exp(min(mean, 700.0)), "val_acc": correct / max(n, 1),
             "val_tokens": n}
 
@@ -289,42 +148,30 @@ def evaluate_loss(model, batches):
 # ---- progress ------------------------------------------------------------------------------------
 
 class Progress:
-    """A tqdm bar over tokens seen when tqdm is installed (``minillm[extras]``), else one plain
-    line every ``every`` seconds. Both show tokens/s, loss and ETA."""
+    """A tqdm bar over tokens seen if tqdm is installed (``minillm[extras]``), else a plain
+    line every ``every`` seconds with tokens/s, loss and ETA."""
 
     def __init__(self, total, initial=0, enabled=True, every=10.0, stream=None):
-        self.total, self.done, self.enabled, self.every = total, initial, enabled, every
-        self.stream = stream or sys.stderr
-        self.start, self.start_done, self.last_print = time.perf_counter(), initial, 0.0
-        self.bar = None
+        self.total, self.done, self.initial, self.enabled, self.every = total, initial, initial, enabled, every
+        self.stream, self.bar, self.start, self.last = stream or sys.stderr, None, time.perf_counter(), 0.0
         if enabled:
             try:
                 from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
                 self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True,
                                 dynamic_ncols=True, file=self.stream, smoothing=0.1)
-
-    def rate(self):
-        elapsed = time.perf_counter() - self.start
-        return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+            except ImportError:  # the plain lines below
+                pass
 
     def update(self, tokens, step, loss):
         self.done += tokens
-        if not self.enabled:
-            return
         if self.bar is not None:
             self.bar.update(tokens)
             self.bar.set_postfix_str(f"step {step} loss {loss:.4f}", refresh=False)
-            return
-        now = time.perf_counter()
-        if now - self.last_print >= self.every or self.done >= self.total:
-            self.last_print = now
-            rate = self.rate()
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            print(f"step {step} | {self.done:,}/{self.total:,} tokens | loss {loss:.4f} | "
-                  f"{rate:,.0f} tok/s | ETA {_duration(eta)}", file=self.stream, flush=True)
+        elif self.enabled and (time.perf_counter() - self.last >= self.every or self.done >= self.total):
+            self.last = time.perf_counter()
+            rate = (self.done - self.initial) / max(self.last - self.start, 1e-9)
+            print(f"step {step} | {self.done:,}/{self.total:,} tokens | loss {loss:.4f} | {rate:,.0f} tok/s | "
+                  f"ETA {(self.total - self.done) / max(rate, 1e-9) / 60:.1f} min", file=self.stream, flush=True)
 
     def write(self, text):
         if self.bar is not None:
@@ -335,14 +182,6 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
-
-
-def _duration(seconds):
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 # ---- the trainer ---------------------------------------------------------------------------------
@@ -431,7 +270,6 @@ class Trainer:
             return
         with open(path, encoding="utf-8") as f:
             keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        from .checkpoint import atomic_write
         atomic_write(path, lambda f: f.write("".join(keep).encode("utf-8")))
 
     def log(self, record):
@@ -450,20 +288,17 @@ class Trainer:
         cfg = self.cfg
         batches = [self.stream.batch(self.step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
         n_loss = sum(b.loss_tokens for b in batches)
-        lr = self.schedule(self.tokens_seen)
-        self.opt.lr = lr
+        self.opt.lr = lr = self.schedule(self.tokens_seen)
         self.model.train()
         self.opt.zero_grad()
         loss_value = 0.0
         for b in batches:
             w = b.loss_tokens / max(n_loss, 1)
-            loss = _loss(self.model, b)
+            loss = F.cross_entropy(self.model(*b.inputs), b.targets, ignore_index=IGNORE_INDEX)
             (loss * w).backward()
             loss_value += loss.item() * w
-        if cfg.grad_clip > 0:
-            norm = optim.clip_grad_norm(self.opt.params, cfg.grad_clip)
-        else:
-            norm = optim.grad_norm(self.opt.params)
+        norm = (optim.clip_grad_norm(self.opt.params, cfg.grad_clip) if cfg.grad_clip > 0
+                else optim.grad_norm(self.opt.params))
         if not (math.isfinite(loss_value) and math.isfinite(norm)):
             where = (f"the last good checkpoint (step {self.last_checkpoint_step}) is kept in "
                      f"{self.path('checkpoint.npz')}" if self.last_checkpoint_step is not None
