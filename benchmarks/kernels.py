@@ -1,12 +1,14 @@
 """Numba kernels vs their NumPy twins (and np.matmul, i.e. OpenBLAS, for GEMM), same run.
 
     python benchmarks/kernels.py              # kernels on 1 and 2 threads
+    python benchmarks/kernels.py --threads 1 --tables plain   # only the plain vs tuned GEMM, 1 thread
     python benchmarks/kernels.py --policy     # + thread policy: workqueue vs OpenMP layer
     python benchmarks/kernels.py --compile    # + cold compile and cached start-up times
 
 Times are medians over repeated runs (the machine is shared and noisy). "x" columns are
 speed-ups: NumPy time / Numba time (> 1 means the Numba kernel is faster); for GEMM,
-"vs BLAS" is np.matmul time / gemm time, i.e. the fraction of OpenBLAS throughput.
+"vs BLAS" is np.matmul time / gemm time, i.e. the fraction of OpenBLAS throughput; "gain"
+is the plain tiled GEMM's time (minillm/fast/gemm_plain.py) / the tuned gemm's.
 """
 import argparse
 import os
@@ -47,15 +49,23 @@ def gemm_table(K, F, rng):
         print(f"{str(sa) + ' @ ' + str(sb):38s} {tg * 1e3:9.3f} {tb * 1e3:9.3f} {tb / tg:8.2f} {flops / tg / 1e9:8.1f}")
 
 
+def plain_table(F, rng):
+    from minillm.fast.gemm_plain import gemm_plain
+    print(f"{'GEMM float32, plain vs tuned':38s} {'plain ms':>9s} {'gemm ms':>9s} {'gain':>8s} {'GFLOP/s':>8s}")
+    for m, k, n in ((256, 256, 256), (512, 512, 512), (2048, 128, 512), (2048, 512, 128)):
+        a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        tp, tg = median_time(lambda: gemm_plain(a, b)), median_time(lambda: F.gemm(a, b))
+        print(f"{f'({m}, {k}) @ ({k}, {n})':38s} {tp * 1e3:9.3f} {tg * 1e3:9.3f} {tp / tg:8.2f} "
+              f"{2 * m * k * n / tp / 1e9:8.1f}")
+
+
 def kernel_table(F, R, rng):
     f32 = np.float32
     att = rng.standard_normal((8, 4, 128, 128)).astype(f32) * 3
     tril = np.tri(128, dtype=bool)
     big = rng.standard_normal((8, 4, 512, 512)).astype(f32)
-    out, out_big = np.empty_like(att), np.empty_like(big)
     y, ly = R.softmax(att, tril), R.log_softmax(att, tril)
     dy = rng.standard_normal(att.shape).astype(f32)
-    dy2 = dy.copy()   # overwritten in place, again and again: the values do not matter for timing
     h = rng.standard_normal((16, 128, 512)).astype(f32)
     x = rng.standard_normal((16, 128, 128)).astype(f32)
     w, b = rng.standard_normal(128).astype(f32), rng.standard_normal(128).astype(f32)
@@ -73,12 +83,8 @@ def kernel_table(F, R, rng):
     cases = [
         ("softmax (8,4,128,128)", lambda: F.softmax(att), lambda: R.softmax(att)),
         ("softmax masked (8,4,128,128)", lambda: F.softmax(att, tril), lambda: R.softmax(att, tril)),
-        ("softmax causal=True (8,4,128,128)", lambda: F.softmax(att, causal=True), lambda: R.softmax(att, tril)),
-        ("softmax masked, out= reused", lambda: F.softmax(att, tril, out=out), lambda: R.softmax(att, tril)),
-        ("softmax (8,4,512,512), out= reused", lambda: F.softmax(big, out=out_big), lambda: R.softmax(big)),
+        ("softmax (8,4,512,512)", lambda: F.softmax(big), lambda: R.softmax(big)),
         ("softmax_backward (8,4,128,128)", lambda: F.softmax_backward(y, dy), lambda: R.softmax_backward(y, dy)),
-        ("softmax_backward, out=dy (in place)", lambda: F.softmax_backward(y, dy2, out=dy2),
-         lambda: R.softmax_backward(y, dy)),
         ("log_softmax masked (8,4,128,128)", lambda: F.log_softmax(att, tril), lambda: R.log_softmax(att, tril)),
         ("log_softmax_backward masked", lambda: F.log_softmax_backward(ly, dy, tril),
          lambda: R.log_softmax_backward(ly, dy, tril)),
@@ -119,11 +125,12 @@ def policy_child():
     x = rng.standard_normal((2048, 128)).astype(np.float32)
     w1, w2 = rng.standard_normal((128, 512)).astype(np.float32), rng.standard_normal((512, 128)).astype(np.float32)
     q = rng.standard_normal((16, 4, 128, 32)).astype(np.float32)
+    tril = np.tri(128, dtype=bool)
 
     def step(mm):
         h = F.gelu(mm(x, w1))
         F.layer_norm(mm(h, w2), None, None, 1e-5)
-        mm(F.softmax(mm(q, q.swapaxes(-1, -2)), causal=True), q)
+        mm(F.softmax(mm(q, q.swapaxes(-1, -2)), tril), q)
     import numba
     blas, gemm = (median_time(lambda: step(mm), repeat=21) * 1e3 for mm in (np.matmul, F.gemm))
     print(f"{numba.threading_layer():10s} {blas:8.2f} ms/step with BLAS products {gemm:8.2f} ms/step with gemm")
@@ -146,9 +153,8 @@ def startup_child():
         x = np.ones((2, 3, 4), dt)
         m = np.ones((3, 4), bool)
         F.gemm(x, x.swapaxes(-1, -2))
-        for c in (False, True):
-            y = F.softmax(x, m, c)
-            F.log_softmax_backward(F.log_softmax(x, m, c), x, m, c)
+        y = F.softmax(x, m)
+        F.log_softmax_backward(F.log_softmax(x, m), x, m)
         F.softmax_backward(y, x)
         F.gelu_backward(x, F.gelu(x))
         _, mean, rstd = F.layer_norm(x, x[0, 0], x[0, 0], 1e-5)
@@ -180,6 +186,8 @@ def startup():
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="thread counts to run (none: skip the tables)")
+    p.add_argument("--tables", nargs="*", choices=("gemm", "plain", "kernels"), default=["gemm", "plain", "kernels"],
+                   help="tables to print at each thread count: GEMM vs OpenBLAS, plain vs tuned GEMM, kernels vs NumPy")
     p.add_argument("--policy", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--policy-child", action="store_true", help=argparse.SUPPRESS)
@@ -195,8 +203,12 @@ def main():
     for n in args.threads:
         print(f"\n=== {K.set_num_threads(n)} thread(s) (Numba and OpenBLAS) ===")
         rng = np.random.default_rng(0)
-        gemm_table(K, F, rng)
-        kernel_table(F, R, rng)
+        if "gemm" in args.tables:
+            gemm_table(K, F, rng)
+        if "plain" in args.tables:
+            plain_table(F, rng)
+        if "kernels" in args.tables:
+            kernel_table(F, R, rng)
     if args.policy:
         policy()
     if args.compile:

@@ -13,8 +13,8 @@
 #
 # Nearly all the time of training a Transformer goes into a handful of *kernels*: matrix
 # products, softmax, layer norm, GELU, cross-entropy. minillm computes them with NumPy
-# and with hand-written [Numba](https://numba.pydata.org) loops (`minillm/kernels/`),
-# each tested equal to a plain-NumPy twin (`minillm/kernels/reference.py`).
+# and with hand-written [Numba](https://numba.pydata.org) loops (`minillm/fast/`),
+# each tested equal to its plain-NumPy definition (`minillm/engine/reference.py`).
 #
 # This tutorial measures, on *your* machine, how far a matrix product travels from a
 # Python triple loop to OpenBLAS, what each step buys and why, and then why a *fused*
@@ -32,7 +32,8 @@ import numpy as np
 import minillm as mm
 from minillm import functional as F
 from minillm import kernels
-from minillm.fast.gemm_kernel import gemm as minillm_gemm   # the hand-written GEMM of minillm/kernels/gemm_kernel.py
+from minillm.fast.gemm_kernel import gemm as minillm_gemm   # the tuned GEMM of minillm/fast/gemm_kernel.py
+from minillm.fast.gemm_plain import gemm_plain               # section 2.5's tile on all threads
 
 from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_TUTORIAL_FAST), optional matplotlib
 
@@ -212,9 +213,18 @@ assert np.allclose(C, reference, rtol=1e-3, atol=1e-3)
 record("Numba, 2x4 register tile", n, best_time(matmul_tiled, A32, Bt32, C))
 
 # %% [markdown]
+# minillm keeps this kernel, with its edge loops folded away and rows split over threads,
+# as `gemm_plain` in `minillm/fast/gemm_plain.py`: the plain GEMM to read before the tuned
+# one, and the baseline the tuned one must beat to earn its length.
+
+# %%
+assert np.allclose(gemm_plain(A32, B32), reference, rtol=1e-3, atol=1e-3)
+record("minillm gemm_plain (the same tile)", n, best_time(gemm_plain, A32, B32))
+
+# %% [markdown]
 # ## 2.6 The library's GEMM, and OpenBLAS
 #
-# minillm's GEMM (`gemm` in `minillm/kernels/gemm_kernel.py`) takes the last step that the tiles
+# minillm's GEMM (`gemm` in `minillm/fast/gemm_kernel.py`) takes the last step that the tiles
 # above could not: it turns the dot products around into **outer products**. It copies
 # ("packs") `B` into panels of 64 columns laid out k by k (with AVX-512; 16 with AVX2),
 # and at each `k` it loads one row of the panel (4 vectors of 16 floats), broadcasts 6
@@ -251,8 +261,9 @@ record("minillm gemm (6x64 outer-product tile)", n, best_time(minillm_gemm, A32,
 record("NumPy @ (OpenBLAS)", n, best_time(np.matmul, A32, B32))
 
 # %% [markdown]
-# On the build machine (one thread) `gemm` reached 0.94-1.05x of OpenBLAS's speed on
-# 256-1024 square and transformer-shaped products (0.88x at 128 square), so minillm sends
+# On the build machine (one thread) `gemm` ran 2.7-2.9x faster than `gemm_plain` and
+# reached 0.94-1.05x of OpenBLAS's speed on 256-1024 square and transformer-shaped
+# products (0.88x at 128 square), so minillm sends
 # every product of at least 2^18 multiply-adds to it (`kernels.matmul`; smaller ones go to
 # OpenBLAS, whose fixed cost per call is lower). Now both with every core:
 
@@ -268,7 +279,7 @@ kernels.set_num_threads(1)
 # laptop with a browser open, a CI runner) two threads can even be *slower* than one:
 # each thread pool spins waiting for cores that are busy elsewhere, and two pools that
 # spin (Numba's and OpenBLAS's) take the cores from each other. That is why minillm has
-# one thread policy (`minillm/kernels/threads.py`): its own GEMM does every large
+# one thread policy (`minillm/fast/threads.py`): its own GEMM does every large
 # product, so a training step keeps only Numba's threads busy.
 
 # %%
@@ -328,7 +339,8 @@ def softmax_fused(x, mask, out):
 
 shape = (2, 2, 64, 64) if FAST else (8, 4, 128, 128)
 x = rng.standard_normal(shape).astype(np.float32)
-mask = np.broadcast_to(mm.masks.causal(shape[-1]), shape)
+causal_T = mm.masks.causal(shape[-1])        # (T, T): True where a query may see a key
+mask = np.broadcast_to(causal_T, shape)      # the same mask seen at the scores' shape
 x2, mask2 = x.reshape(-1, shape[-1]), np.ascontiguousarray(mask).reshape(-1, shape[-1])
 out = np.empty_like(x2)
 softmax_fused(x2, mask2, out)
@@ -345,7 +357,7 @@ with kernels.use("numpy"):
     timings["minillm, numpy backend"] = best_time(kernels.softmax, x, mask)
 with kernels.use("numba"):
     timings["minillm, numba backend, 1 thread"] = best_time(kernels.softmax, x, mask)
-    timings["minillm, numba, causal=True (no mask)"] = best_time(lambda v: kernels.softmax(v, causal=True), x)
+    timings["minillm, numba, 1 thread, the (T, T) mask"] = best_time(kernels.softmax, x, causal_T)
     kernels.set_num_threads(cores)
     timings[f"minillm, numba backend, {cores} threads"] = best_time(kernels.softmax, x, mask)
     kernels.set_num_threads(1)
@@ -356,16 +368,19 @@ for name, t in timings.items():
           f"{2 * x.nbytes / t / 1e9:6.2f} GB/s (read + write once)")
 
 # %% [markdown]
-# Two things make minillm's fused kernel (`minillm/kernels/softmax_fused.py`) faster than
+# Three things make minillm's fused kernel (`minillm/fast/softmax_fused.py`) faster than
 # our straightforward one:
 #
 # - **A vectorisable `exp`.** Inside a Numba loop `np.exp` becomes one call to the C
-#   library per element, which blocks SIMD. `minillm/kernels/vmath.py` writes `exp` as
+#   library per element, which blocks SIMD. `minillm/fast/vmath.py` writes `exp` as
 #   plain arithmetic (range reduction, a polynomial, and building `2^n` from its bits),
 #   which LLVM turns into 8 or 16 lanes per instruction.
 # - **No branches in the loop body.** `e if keep else 0` as a *select*, not an `if` around
-#   the work, keeps each loop straight-line code that vectorises. And with `causal=True`
-#   it needs no mask array at all: row `i` simply stops at column `i`.
+#   the work, keeps each loop straight-line code that vectorises.
+# - **The mask is never expanded.** Given the `(T, T)` causal mask itself, the kernel reads
+#   its `T` rows for every `(batch, head)` block, where a mask of the scores' full shape is
+#   `batch x heads` times more bytes to copy and stream (compare the two 1-thread numba
+#   rows of the table).
 #
 # Whether fusing pays off depends on your machine's memory bandwidth and core count;
 # the table above is your answer.

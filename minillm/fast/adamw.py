@@ -34,7 +34,8 @@ def _adamw(p, g, m, v, decay, b1, b2, step, root2, eps):
 
 
 def adamw_update(p, g, m, v, lr, betas, eps, weight_decay, t):
-    """Update parameter p and moments m, v in place with gradient g, at step t >= 1."""
+    """Fast `reference.adamw_update` (minillm/engine/reference.py): update parameter p and moments
+    m, v in place with gradient g, at step t >= 1."""
     checks.same_shape("adamw_update", p=p, g=g, m=m, v=v)
     for name, a in {"p": p, "m": m, "v": v}.items():
         checks.writable("adamw_update", name, a, dtype=getattr(p, "dtype", None))

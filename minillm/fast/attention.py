@@ -306,8 +306,9 @@ def _keep(keep, shape, dtype):
 
 
 def attention_forward(q, k, v, n_heads, mask=None, keep=None):
-    """(Y (B, T, D), P (B, H, T, S)): see the module docstring. `mask`: bool, broadcastable to
-    (B, H, T, S), True = keep; `keep`: the dropout multipliers (B, H, T, S) or None."""
+    """Fast `reference.attention_forward` (minillm/engine/reference.py): (Y (B, T, D), P (B, H, T, S)),
+    as in the module docstring. `mask`: bool, broadcastable to (B, H, T, S), True = keep;
+    `keep`: the dropout multipliers (B, H, T, S) or None."""
     q, k, v = _check(q, k, v, n_heads)
     (B, T, D), S = q.shape, k.shape[1]
     shape = (B, n_heads, T, S)
@@ -330,7 +331,8 @@ def attention_forward(q, k, v, n_heads, mask=None, keep=None):
 
 
 def attention_backward(q, k, v, n_heads, p, gy, keep=None):
-    """(dQ, dK, dV) for the output gradient gy (B, T, D), given P from attention_forward."""
+    """Fast `reference.attention_backward` (minillm/engine/reference.py): (dQ, dK, dV) for the
+    output gradient gy (B, T, D), given P from attention_forward."""
     q, k, v, p, gy = _check(q, k, v, n_heads, p=p, gy=gy)
     (B, T, D), S = q.shape, k.shape[1]
     checks.same_shape("attention_backward", gy=gy, q=q)

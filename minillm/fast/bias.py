@@ -44,7 +44,8 @@ def _sum_rows(g, out):
 
 
 def add_bias(y, b):
-    """y += b over the last axis, in place; returns y (a C-contiguous float array)."""
+    """Fast `reference.add_bias` (minillm/engine/reference.py): y += b over the last axis, in
+    place; returns y (a C-contiguous float array)."""
     checks.writable("add_bias", "y", y)
     checks.at_least_1d("add_bias", "y", y)
     if np.shape(b) != y.shape[-1:]:
@@ -58,7 +59,8 @@ def add_bias(y, b):
 
 
 def sum_rows(g):
-    """g summed over every axis but the last: shape (N,), g's dtype."""
+    """Fast `reference.sum_rows` (minillm/engine/reference.py): g summed over every axis but the
+    last: shape (N,), g's dtype."""
     checks.at_least_1d("sum_rows", "g", g)
     (g,) = checks.floats("sum_rows", g=g)
     out = np.zeros(g.shape[-1], g.dtype)

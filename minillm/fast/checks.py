@@ -106,7 +106,3 @@ def writable(fn, name, a, shape=None, dtype=None):
         raise ValueError(f"{fn}: {name} must be a writeable C-contiguous float32/float64 array {want}, got {got}")
     return a
 
-
-def out_array(fn, out, shape, dtype):
-    """The `out=` buffer of a result of `shape` and `dtype`: a new array when out is None."""
-    return np.empty(shape, dtype) if out is None else writable(fn, "out", out, shape, dtype)

@@ -28,8 +28,8 @@ def _scatter_rows(ids, g, out):
 
 
 def embedding_backward(ids, g, num_embeddings):
-    """dW (num_embeddings, D) for integer ids of any shape in [0, num_embeddings) and g
-    (*ids.shape, D)."""
+    """Fast `reference.embedding_backward` (minillm/engine/reference.py): dW (num_embeddings, D)
+    for integer ids of any shape in [0, num_embeddings) and g (*ids.shape, D)."""
     ids = np.asarray(ids)
     (g,) = checks.floats("embedding_backward", g=g)
     checks.at_least_1d("embedding_backward", "g", g)

@@ -59,6 +59,8 @@ def _flat(fn, x):
 
 
 def gelu(x):
+    """Fast `reference.gelu` (minillm/engine/reference.py): the tanh approximation, as
+    x * sigmoid(2u)."""
     x, xf = _flat("gelu", x)
     out = np.empty(x.shape, x.dtype)
     if x.size:
@@ -67,6 +69,7 @@ def gelu(x):
 
 
 def gelu_backward(x, dy):
+    """Fast `reference.gelu_backward` (minillm/engine/reference.py): dy * GELU'(x)."""
     checks.same_shape("gelu_backward", x=x, dy=dy)
     x, dy = checks.floats("gelu_backward", x=x, dy=dy)
     out = np.empty(x.shape, x.dtype)
@@ -126,8 +129,9 @@ def _ln_params(fn, x, weight, bias):
 
 
 def layer_norm(x, weight, bias, eps):
-    """Returns (y, mean, rstd); mean and rstd have shape x.shape[:-1] + (1,). Rows of no
-    values (N = 0) have mean and rstd nan, as NumPy's mean of nothing."""
+    """Fast `reference.layer_norm` (minillm/engine/reference.py): returns (y, mean, rstd); mean and
+    rstd have shape x.shape[:-1] + (1,). Rows of no values (N = 0) have mean and rstd nan,
+    as NumPy's mean of nothing."""
     N = _ln_params("layer_norm", x, weight, bias)
     eps = checks.number("layer_norm", "eps", eps)
     x, w, b = checks.floats("layer_norm", x=x, weight=np.ones(N, np.asarray(x).dtype) if weight is None else weight,
@@ -143,7 +147,8 @@ def layer_norm(x, weight, bias, eps):
 
 
 def layer_norm_backward(dy, x, weight, mean, rstd):
-    """Returns (dx, dweight, dbias); dweight/dbias are summed over every leading axis."""
+    """Fast `reference.layer_norm_backward` (minillm/engine/reference.py): returns (dx, dweight,
+    dbias); dweight/dbias are summed over every leading axis."""
     N = _ln_params("layer_norm_backward", x, weight, None)
     checks.same_shape("layer_norm_backward", dy=dy, x=x)
     lead = np.shape(x)[:-1] + (1,)
@@ -210,7 +215,8 @@ def _ce_check(fn, logits, targets, ignore_index):
 
 
 def cross_entropy(logits, targets, ignore_index):
-    """Per-row loss lse(logits) - logits[target]; 0 where target == ignore_index. Returns (losses, lse)."""
+    """Fast `reference.cross_entropy` (minillm/engine/reference.py): per-row loss lse(logits) -
+    logits[target]; 0 where target == ignore_index. Returns (losses, lse)."""
     logits, targets = _ce_check("cross_entropy", logits, targets, ignore_index)
     losses, lse = np.empty(len(targets), logits.dtype), np.empty(len(targets), logits.dtype)
     if len(targets):
@@ -219,7 +225,8 @@ def cross_entropy(logits, targets, ignore_index):
 
 
 def cross_entropy_backward(logits, targets, lse, ignore_index, scale):
-    """scale * (softmax - onehot(target)) on kept rows, 0 elsewhere; scale a scalar or (N,)."""
+    """Fast `reference.cross_entropy_backward` (minillm/engine/reference.py): scale * (softmax -
+    onehot(target)) on kept rows, 0 elsewhere; scale a scalar or (N,)."""
     logits, targets = _ce_check("cross_entropy_backward", logits, targets, ignore_index)
     if np.shape(lse) != targets.shape:
         raise ValueError(f"cross_entropy_backward: lse must have shape {targets.shape}, got {np.shape(lse)}")

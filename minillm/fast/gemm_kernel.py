@@ -424,7 +424,8 @@ def _batch_index(shape, batch):
 
 
 def gemm(a, b):
-    """a @ b with np.matmul's batch broadcasting (both at least 2-D), always by the Numba kernel."""
+    """Fast `reference.matmul` (minillm/engine/reference.py), always by this file's kernel: a @ b
+    with np.matmul's batch broadcasting (both at least 2-D)."""
     return _gemm(*_check("gemm", a, b))
 
 
@@ -472,8 +473,9 @@ def _gemm(a, b, batch, bias=None, sums=False):
 
 
 def matmul(a, b):
-    """a @ b, checked like `gemm`: by `gemm` from GEMM_MIN_WORK multiply-adds up, by np.matmul
-    (OpenBLAS) below, where its lower fixed cost wins (~2 us against ~8-20 us at 128 x 128 x 32).
+    """Fast `reference.matmul` (minillm/engine/reference.py): a @ b, checked like `gemm`: by `gemm`
+    from GEMM_MIN_WORK multiply-adds up, by np.matmul (OpenBLAS) below, where its lower
+    fixed cost wins (~2 us against ~8-20 us at 128 x 128 x 32).
 
     Measured on the build machine (benchmarks/kernels.py, float32, 2026-11-29, 6 x 64 tile),
     `gemm` reached 0.94-0.99x of OpenBLAS's throughput on one thread at 256-1024 square and
@@ -501,14 +503,15 @@ def matmul(a, b):
 
 
 def weight_gradients(x, g):
-    """(x^T @ g, g summed over rows) for x (R, K), g (R, N): a linear layer's weight and bias
-    gradients in one product. The sums come from a row of ones appended to x^T, which falls
-    in the zero padding of its last register tile (free unless K is a multiple of MR), where a
-    separate `sum_rows` reads all of g again (~2-3% of the tiny training step). Both are
-    summed in the GEMM's accumulators, in x's dtype: for float32 the bias gradient's worst
-    relative error measured 2.6e-7 at R = 2048 and 6e-7 at 65,536 (`sum_rows`, with float64
-    partial sums: 6e-8; NumPy's g.sum(0): 1.6e-6 and 1.2e-5), the same rounding as the weight
-    gradient beside it."""
+    """Fast `reference.weight_gradients` (minillm/engine/reference.py): (x^T @ g, g summed over
+    rows) for x (R, K), g (R, N): a linear layer's weight and bias gradients in one product.
+    The sums come from a row of ones appended to x^T, which falls in the zero padding of its
+    last register tile (free unless K is a multiple of MR), where a separate `sum_rows`
+    reads all of g again (~2-3% of the tiny training step). Both are summed in the GEMM's
+    accumulators, in x's dtype: for float32 the bias gradient's worst relative error
+    measured 2.6e-7 at R = 2048 and 6e-7 at 65,536 (`sum_rows`, with float64 partial sums:
+    6e-8; NumPy's g.sum(0): 1.6e-6 and 1.2e-5), the same rounding as the weight gradient
+    beside it."""
     x, g = checks.floats("weight_gradients", x=x, g=g)
     if x.ndim != 2 or g.ndim != 2 or x.shape[0] != g.shape[0]:
         raise ValueError(f"weight_gradients: need x (R, K) and g (R, N), got x {x.shape}, g {g.shape}")
@@ -519,10 +522,11 @@ def weight_gradients(x, g):
 
 
 def linear(x, w, b=None):
-    """x @ w + b for x (R, K), w (K, N), b (N,) or None: a linear layer's forward. With gemm
-    (from GEMM_MIN_WORK multiply-adds up) the register tile starts each block of the output
-    at the bias, so the output is written once, instead of written and then read and written
-    again by a separate bias add; below that, np.matmul and `bias.add_bias`."""
+    """Fast `reference.linear` (minillm/engine/reference.py): x @ w + b for x (R, K), w (K, N),
+    b (N,) or None. With gemm (from GEMM_MIN_WORK multiply-adds up) the register tile starts
+    each block of the output at the bias, so the output is written once, instead of written
+    and then read and written again by a separate bias add; below that, np.matmul and
+    `bias.add_bias`."""
     if b is None:
         x, w = checks.floats("linear", x=x, w=w)
     else:

@@ -35,15 +35,22 @@ Caching: compiling every kernel takes seconds; `cache=True` stores the machine c
 the source (or in the user cache dir) so later imports load it in milliseconds. When no
 writable location exists, Numba raises at decoration time, so `jit` below retries without a
 cache: importing minillm never fails because of a read-only install.
+
+Cold start: nothing compiles at import. Each kernel compiles on its first call, for the
+dtype it is called with (float64 copies only once float64 is used), and the first real
+compile of each dtype prints one line on stderr (`_ColdStart`); loading from the cache
+prints nothing.
 """
 import ctypes
 import glob
 import os
+import sys
 
 import numba
 import numpy as np
 from llvmlite import binding
 from numba import types
+from numba.core import event
 from numba.experimental.function_type import _get_wrapper_address
 from numba.extending import typeof_impl
 
@@ -88,6 +95,32 @@ NO_ARCP = FASTMATH - {"arcp"}
 # ZeroDivisionError, which puts a branch before every division and keeps the loop scalar
 # (AdamW's update ran 4.6x slower that way).
 OPTIONS = dict(fastmath=FASTMATH, error_model="numpy", nogil=True)
+
+
+class _ColdStart(event.Listener):
+    """Says on stderr, once per process and dtype, that minillm's kernels are compiling.
+    Numba fires "numba:compile" only when a function really compiles, after its disk cache
+    missed. The time is the cold start measured in benchmarks/README.md (every kernel of one
+    dtype: 17 s on the build machine, 25-36 s on slower ones)."""
+
+    def __init__(self):
+        self.told = set()
+
+    def on_start(self, ev):
+        if not getattr(ev.data["dispatcher"].py_func, "__module__", "").startswith(__package__):
+            return   # Numba's own helpers, or the user's jit functions
+        dtype = next((str(getattr(a, "dtype", a)) for a in ev.data["args"]
+                      if isinstance(getattr(a, "dtype", a), types.Float)), None)
+        if dtype is not None and dtype not in self.told:
+            self.told.add(dtype)
+            print(f"minillm: compiling Numba kernels for {dtype} as they are first used (about 15-40 s "
+                  "in all, once: later runs load them from Numba's cache)", file=sys.stderr, flush=True)
+
+    def on_end(self, ev):
+        pass
+
+
+event.register("numba:compile", _ColdStart())
 
 
 def jit(parallel=False, fastmath=FASTMATH):
