@@ -1,6 +1,7 @@
 """Checkpoints: round trip, atomic save under a crash, corrupt/truncated/mismatched refused
 with nothing changed."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -162,6 +163,23 @@ def test_mismatched_model_refused_and_nothing_changes(tmp_path):
             ck.restore(model)
         after = model.state_dict()
         assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_mismatched_weights_refused_with_the_parameter_named(tmp_path):
+    path = tmp_path / "ck.npz"
+    save(path, *trained())
+    model = build_model("cd", CFG, seed=7)
+    before = model.state_dict()
+    for edit in ("missing", "shape"):
+        ck = load_checkpoint(path)
+        name = sorted(ck.model_state)[0]
+        if edit == "missing":
+            del ck.model_state[name]
+        else:
+            ck.model_state[name] = ck.model_state[name][..., :1]
+        with pytest.raises(CheckpointError, match=rf"ck\.npz.*{re.escape(name)}"):
+            ck.restore(model)
+        assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_mismatched_optimizer_refused_before_touching_model(tmp_path):

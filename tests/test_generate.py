@@ -37,6 +37,18 @@ def test_cache_equals_full_forward(arch, seed, prompt_len, temperature):
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("arch", ["cd", "nd", "ed"])
+def test_cache_applies_the_key_padding_mask(arch):
+    """A pad id in the prompt is masked as a key by the cached steps too, as in the full forward."""
+    m = model(arch, 5)
+    prompt = np.array([4, CFG.pad_id, 9, CFG.pad_id, 7])
+    a, la = generate(m, prompt, 8, bos_id=BOS, use_cache=True, return_logits=True)
+    b, lb = generate(m, prompt, 8, bos_id=BOS, use_cache=False, return_logits=True)
+    np.testing.assert_array_equal(a, b)
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-9)
+
+
 def test_nd_prompt_is_a_bidirectional_prefix():
     """The first ND prediction must depend on the whole prompt read bidirectionally: it equals
     the full model's logits with prefix_len = 1 + len(prompt), not the causal ones."""

@@ -17,19 +17,16 @@ the prompt once, keep every layer's keys and values, and then feed one new token
 time, appending its key and value. Cross-attention keys and values (ED) come from the
 encoder output and are computed once.
 
-`nn.MultiHeadAttention` has no cache hook, so ``CachedDecoder`` below re-walks the model's
-own modules (the same Linear, LayerNorm and FeedForward objects, the same softmax) step by
-step. ``generate(..., use_cache=False)`` runs the plain full forward at every step; the
-tests check that both give the same tokens and (to rounding) the same logits.
+The cache is an `nn.KVCache` passed to the model's own forward (``model(new_ids,
+cache=cache)``), which attention fills and reads. ``generate(..., use_cache=False)`` runs
+the plain forward over the whole sequence at every step; the tests check that both give
+the same tokens and (to rounding) the same logits.
 """
-import math
-
 import numpy as np
 
-from ..engine import functional as F
-from . import masks
+from . import nn
 from ..engine.rng import as_rng
-from ..engine.tensor import Tensor, no_grad
+from ..engine.tensor import no_grad
 
 __all__ = ["generate", "sample_next", "CachedDecoder"]
 
@@ -46,94 +43,43 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None):
     if top_k is not None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_k < len(z):
-            kth = np.partition(z, -top_k)[-top_k]
-            z = np.where(z >= kth, z, -np.inf)
+        z = np.where(z >= np.sort(z)[-min(top_k, len(z))], z, -np.inf)  # keep the top_k largest (and ties)
     p = np.exp(z - z.max())
     p /= p.sum()
-    rng = as_rng(rng)
-    return int(rng.choice(len(p), p=p))
+    return int(as_rng(rng).choice(len(p), p=p))
 
 
 class CachedDecoder:
-    """Incremental decoding for one model: ``start(...)`` feeds the prompt, ``step(token)``
-    feeds one more token; both return the logits ``(V,)`` of the last position."""
+    """Incremental decoding for one model: ``start(...)`` feeds the first tokens, ``step(token)``
+    one more; both return the logits ``(V,)`` of the last position. With ``use_cache=False``
+    every call runs the model over the whole sequence instead."""
 
-    def __init__(self, model):
-        self.model = model
-        self.ed = model.arch == "ed"
-        self.blocks = model.decoder if self.ed else model.blocks
-        self.pos = model.dec_pos if self.ed else model.pos_emb
-        self.ln_f = model.dec_ln if self.ed else model.ln_f
-        c = model.config
-        heads, d_head = c.n_heads, c.d_model // c.n_heads
-        shape = (1, heads, c.max_len, d_head)
-        dt = np.dtype(c.dtype)
-        self.keys = [np.zeros(shape, dt) for _ in self.blocks]
-        self.values = [np.zeros(shape, dt) for _ in self.blocks]
-        self.length = 0
+    def __init__(self, model, use_cache=True):
+        self.model, self.use_cache = model, use_cache
 
     def start(self, tokens, prefix_len=0, src=None):
         """Feed the first tokens (1-D ids): for decoders ``[BOS] + prompt`` with ``prefix_len``
         (ND), for ED ``[BOS]`` with the encoder input ``src``."""
-        self.length, self.prefix_len = 0, prefix_len
-        if self.ed:
-            src = np.asarray(src, dtype=np.int64)[None]
-            memory = self.model.encode(src)
-            self.cross = []
-            for block in self.blocks:
-                a = block.cross_attn
-                self.cross.append((a._split(a.k(memory), 1, src.shape[1]).data,
-                                   a._split(a.v(memory), 1, src.shape[1]).data))
-            self.cross_mask = self.model._pad_keys(src)
-        return self._feed(np.asarray(tokens, dtype=np.int64))
+        self.cache = nn.KVCache() if self.use_cache else None
+        self.prefix_len = prefix_len if self.model.arch == "nd" else None
+        self.fed = np.asarray(tokens, dtype=np.int64)
+        if self.model.arch == "ed":
+            self.src = np.asarray(src, dtype=np.int64)[None]
+            with no_grad():
+                self.memory = self.model.encode(self.src)
+        return self._logits(self.fed)
 
     def step(self, token):
-        return self._feed(np.array([token], dtype=np.int64))
+        self.fed = np.append(self.fed, np.int64(token))
+        return self._logits(self.fed[-1:] if self.use_cache else self.fed)
 
-    def _attend(self, a, q, k, v, mask):
-        """softmax(q k^T) v for queries (1, H, t, d) over cached keys; back to (1, t, D)."""
-        att = F.softmax(q @ Tensor(k).transpose(0, 1, 3, 2), axis=-1, mask=mask)
-        y = att @ Tensor(v)
-        t = q.shape[2]
-        return a.out(y.transpose(0, 2, 1, 3).reshape(1, t, a.n_heads * a.d_head))
-
-    def _feed(self, new):
-        start, t = self.length, len(new)
-        end = start + t
-        if end > self.model.config.max_len:
-            raise ValueError(f"sequence would reach {end} positions, more than max_len={self.model.config.max_len}")
-        # rows start..end-1 of the full mask: prefix (ND) or causal, over keys 0..end-1
-        full = masks.prefix(end, self.prefix_len) if self.prefix_len else masks.causal(end)
-        mask = full[start:end][None, None]
+    def _logits(self, ids):
         with no_grad():
-            x = self.model.tok_emb(new[None]) + self.pos.weight[start:end]
-            for i, block in enumerate(self.blocks):
-                a = block.self_attn
-                h = block.ln1(x)
-                q = a._split(a.q(h), 1, t) * (1.0 / math.sqrt(a.d_head))
-                self.keys[i][:, :, start:end] = a._split(a.k(h), 1, t).data
-                self.values[i][:, :, start:end] = a._split(a.v(h), 1, t).data
-                x = x + self._attend(a, q, self.keys[i][:, :, :end], self.values[i][:, :, :end], mask)
-                if self.ed:
-                    c = block.cross_attn
-                    hq = c._split(c.q(block.ln_cross(x)), 1, t) * (1.0 / math.sqrt(c.d_head))
-                    cm = None if self.cross_mask is None else self.cross_mask[:, None]
-                    x = x + self._attend(c, hq, *self.cross[i], cm)
-                x = x + block.ff(block.ln2(x))
-            logits = self.model._logits(self.ln_f(x))
-        self.length = end
-        return logits.data[0, -1]
-
-
-def _full_logits(model, fed, prefix_len, src):
-    """The plain, uncached forward pass: logits (V,) of the last position."""
-    with no_grad():
-        if model.arch == "ed":
-            out = model(np.asarray(src, dtype=np.int64)[None], fed[None])
-        else:
-            out = model(fed[None], prefix_len if model.arch == "nd" else None)
-    return out.data[0, -1]
+            if self.model.arch == "ed":
+                out = self.model.decode(ids[None], self.memory, self.src, cache=self.cache)
+            else:
+                out = self.model(ids[None], self.prefix_len, cache=self.cache)
+        return out.data[0, -1]
 
 
 def generate(model, prompt, max_new_tokens=20, *, bos_id, eos_id=None, temperature=0.0,
@@ -147,36 +93,26 @@ def generate(model, prompt, max_new_tokens=20, *, bos_id, eos_id=None, temperatu
     """
     prompt = np.asarray(prompt, dtype=np.int64).reshape(-1)
     rng = as_rng(rng)
-    was_training = model.training
-    model.eval()
-    try:
-        if model.arch == "ed":
-            src = np.concatenate([prompt, [eos_id]]) if src_eos else prompt
-            if len(src) == 0:
-                raise ValueError("an encoder-decoder needs a non-empty prompt")
-            fed, prefix_len = np.array([bos_id], dtype=np.int64), 0
-        else:
-            src = None
-            fed = np.concatenate([[bos_id], prompt]).astype(np.int64)
-            prefix_len = len(fed) if model.arch == "nd" else 0
-        if len(fed) > model.config.max_len or (src is not None and len(src) > model.config.max_len):
-            raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_len={model.config.max_len}")
-        cache = CachedDecoder(model) if use_cache else None
-        logits = cache.start(fed, prefix_len, src) if use_cache else _full_logits(model, fed, prefix_len, src)
-        out, seen = [], []
+    src = None  # the model checks that the prompt fits max_len
+    if model.arch == "ed":
+        src = np.concatenate([prompt, [eos_id]]) if src_eos else prompt
+        if len(src) == 0:
+            raise ValueError("an encoder-decoder needs a non-empty prompt")
+        fed = np.array([bos_id], dtype=np.int64)
+    else:
+        fed = np.concatenate([[bos_id], prompt]).astype(np.int64)
+    decoder = CachedDecoder(model, use_cache)
+    out, seen = [], []
+    with nn.eval_mode(model):
+        logits = decoder.start(fed, len(fed), src)
         for _ in range(max_new_tokens):
             seen.append(logits)
             token = sample_next(logits, temperature, top_k, rng)
             if eos_id is not None and token == eos_id:
                 break
             out.append(token)
-            if len(fed) + 1 > model.config.max_len:
+            if len(out) == max_new_tokens or len(decoder.fed) == model.config.max_len:
                 break
-            fed = np.append(fed, token)
-            if len(out) == max_new_tokens:
-                break
-            logits = cache.step(token) if use_cache else _full_logits(model, fed, prefix_len, src)
-    finally:
-        model.train(was_training)
+            logits = decoder.step(token)
     out = np.asarray(out, dtype=np.int64)
     return (out, seen) if return_logits else out

@@ -52,25 +52,17 @@ def check_prefix_len(prefix_len, T, B=None):
     int or an int64 array.
     Raises ``ValueError`` naming ``prefix_len`` and the bad value otherwise.
     """
-    if isinstance(prefix_len, (bool, np.bool_)):
-        raise ValueError(f"prefix_len must be an int or a 1-D integer array, got {prefix_len!r}")
-    if isinstance(prefix_len, numbers.Integral):
-        if not 0 <= prefix_len <= T:
-            raise ValueError(f"prefix_len must lie in [0, T={T}], got {int(prefix_len)}")
-        return int(prefix_len)
     P = np.asarray(prefix_len)
-    if P.ndim == 0 and np.issubdtype(P.dtype, np.integer):
-        return check_prefix_len(int(P), T, B)
-    if P.ndim != 1 or not np.issubdtype(P.dtype, np.integer):
-        raise ValueError(
-            f"prefix_len must be an int or a 1-D integer array, got shape {P.shape} dtype {P.dtype}")
-    if B is not None and P.shape[0] != B:
+    if P.ndim > 1 or P.dtype.kind not in "iu":
+        got = repr(prefix_len) if P.ndim == 0 else f"shape {P.shape} dtype {P.dtype}"
+        raise ValueError(f"prefix_len must be an int or a 1-D integer array, got {got}")
+    if P.ndim == 1 and B is not None and P.shape[0] != B:
         raise ValueError(f"prefix_len must have shape ({B},) to match the batch, got {P.shape}")
     bad = (P < 0) | (P > T)
     if bad.any():
-        raise ValueError(f"prefix_len must lie in [0, T={T}], got {P[bad][0]} "
-                         f"at index {int(np.argmax(bad))}")
-    return P.astype(np.int64)
+        where = f" at index {int(np.argmax(bad))}" if P.ndim else ""
+        raise ValueError(f"prefix_len must lie in [0, T={T}], got {P[bad][0]}{where}")
+    return int(P) if P.ndim == 0 else P.astype(np.int64)
 
 
 def prefix(T, P):

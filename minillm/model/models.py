@@ -106,11 +106,23 @@ class _Model(nn.Module):
         self.config = replace(self.config, dtype=np.dtype(dtype).name)
         return self
 
-    astype = to
-
     def _pad_keys(self, tokens):
         pad = self.config.pad_id
         return None if pad is None else masks.key_padding(tokens, pad)
+
+    def _fed(self, tokens, name, cache):
+        """(checked new ids, every id fed so far, position of the first new one): without a
+        cache the same ids and 0; with one, its ids followed by the new ones."""
+        tokens = _check_tokens(tokens, name, self.config)
+        if cache is None:
+            return tokens, tokens, 0
+        start = 0 if cache.tokens is None else cache.tokens.shape[1]
+        fed = tokens if start == 0 else np.concatenate([cache.tokens, tokens], axis=1)
+        if fed.shape[1] > self.config.max_len:
+            raise ValueError(f"{name}: the cache would reach {fed.shape[1]} positions, more than "
+                             f"max_len={self.config.max_len}")
+        cache.tokens = fed
+        return tokens, fed, start
 
     def _logits(self, h):
         return h @ self.tok_emb.weight.T  # tied output layer
@@ -119,17 +131,19 @@ class _Model(nn.Module):
         c = self.config
         return 2 * 4 * c.d_model ** 2 + 2 * 2 * n_keys * c.d_model + 2 * 2 * c.d_model * c.d_ff
 
+    def flops_per_token(self, *lengths):
+        """``forward_flops(*lengths)`` per token seen, source and target tokens alike (ED's
+        ``S, T``; a decoder's ``T``); lengths left out or None are max_len."""
+        lengths += (None,) * ((2 if self.arch == "ed" else 1) - len(lengths))
+        lengths = [self.config.max_len if n is None else n for n in lengths]
+        return self.forward_flops(*lengths) / sum(lengths)
+
     def attention_probes(self, *args, **kwargs):
         """Run the model in eval mode without a graph; return {layer name: (B, H, T_q, T_k)
         attention probabilities} for every attention layer, in forward order."""
         names = {id(m): name for name, m in self.named_modules()}
-        was_training = self.training
-        self.eval()
-        try:
-            with no_grad(), nn.record_attention() as rec:
-                self(*args, **kwargs)
-        finally:
-            self.train(was_training)
+        with nn.eval_mode(self), no_grad(), nn.record_attention() as rec:
+            self(*args, **kwargs)
         return {names[id(m)]: p for m, p in rec}
 
     def describe(self):
@@ -149,9 +163,11 @@ class _Model(nn.Module):
 class DecoderOnly(_Model):
     """Token + position embeddings -> n_layers pre-LN blocks -> LayerNorm -> tied output.
 
-    ``model(tokens, prefix_len=None)`` -> logits (B, T, V). ``arch`` ("cd" or "nd") picks the
-    mask: causal, or prefix with ``prefix_len`` (int or (B,) array; None means 0). With a BOS
-    token shifted in, pass ``prefix_len = 1 + number of prefix tokens`` (see `masks.py`).
+    ``model(tokens, prefix_len=None, cache=None)`` -> logits (B, T, V). ``arch`` ("cd" or "nd")
+    picks the mask: causal, or prefix with ``prefix_len`` (int or (B,) array; None means 0).
+    With a BOS token shifted in, pass ``prefix_len = 1 + number of prefix tokens`` (see
+    `masks.py`). With an `nn.KVCache`, ``tokens`` continue the ids fed before: positions
+    start after them, and the mask rows are those of the new positions in the whole sequence.
     """
 
     def __init__(self, config, arch="cd", rng=None):
@@ -189,13 +205,12 @@ class DecoderOnly(_Model):
             m = masks.prefix(T, P)
         return masks.combine(m, self._pad_keys(tokens))
 
-    def forward(self, tokens, prefix_len=None):
-        tokens = _check_tokens(tokens, "tokens", self.config)
-        mask = self.mask(tokens, prefix_len)
-        T = tokens.shape[1]
-        x = self.drop(self.tok_emb(tokens) + self.pos_emb.weight[:T])
+    def forward(self, tokens, prefix_len=None, cache=None):
+        tokens, fed, start = self._fed(tokens, "tokens", cache)
+        mask = self.mask(fed, prefix_len)[..., start:, :]
+        x = self.drop(self.tok_emb(tokens) + self.pos_emb.weight[start:fed.shape[1]])
         for block in self.blocks:
-            x = block(x, mask=mask)
+            x = block(x, mask=mask, cache=cache)
         return self._logits(self.ln_f(x))
 
     def forward_flops(self, T=None):
@@ -203,10 +218,6 @@ class DecoderOnly(_Model):
         c = self.config
         T = c.max_len if T is None else T
         return T * (c.n_layers * self._layer_flops(T) + 2 * c.d_model * c.vocab_size)
-
-    def flops_per_token(self, T=None):
-        T = self.config.max_len if T is None else T
-        return self.forward_flops(T) / T
 
 
 # ---- encoder-decoder: ED -------------------------------------------------------------------
@@ -246,17 +257,18 @@ class EncoderDecoder(_Model):
             x = block(x, mask=mask)
         return self.enc_ln(x)
 
-    def decode(self, tgt, memory, src):
-        """Logits (B, T, V) for decoder input ``tgt`` given encoder outputs ``memory`` of ``src``."""
-        tgt = _check_tokens(tgt, "tgt", self.config)
+    def decode(self, tgt, memory, src, cache=None):
+        """Logits (B, T, V) for decoder input ``tgt`` given encoder outputs ``memory`` of ``src``;
+        with an `nn.KVCache`, ``tgt`` continues the ids fed before (as in `DecoderOnly`)."""
+        tgt, fed, start = self._fed(tgt, "tgt", cache)
         if tgt.shape[0] != memory.shape[0]:
             raise ValueError(f"tgt has batch size {tgt.shape[0]} but src has {memory.shape[0]}")
-        T = tgt.shape[1]
-        self_mask = masks.combine(masks.causal(T), self._pad_keys(tgt))
+        T = fed.shape[1]
+        self_mask = masks.combine(masks.causal(T), self._pad_keys(fed))[..., start:, :]
         cross_mask = self._pad_keys(np.asarray(src))
-        x = self.drop(self.tok_emb(tgt) + self.dec_pos.weight[:T])
+        x = self.drop(self.tok_emb(tgt) + self.dec_pos.weight[start:T])
         for block in self.decoder:
-            x = block(x, mask=self_mask, memory=memory, memory_mask=cross_mask)
+            x = block(x, mask=self_mask, memory=memory, memory_mask=cross_mask, cache=cache)
         return self._logits(self.dec_ln(x))
 
     def forward(self, src, tgt):
@@ -265,20 +277,12 @@ class EncoderDecoder(_Model):
     def forward_flops(self, S=None, T=None):
         """Forward FLOPs for one source of length S and one target of length T (defaults max_len)."""
         c = self.config
-        S = c.max_len if S is None else S
-        T = c.max_len if T is None else T
+        S, T = (c.max_len if n is None else n for n in (S, T))
         d, L = c.d_model, c.n_layers
         encoder = S * L * self._layer_flops(S)
         memory_kv = S * L * 2 * 2 * d * d
         decoder = T * (L * (self._layer_flops(T) + 2 * 2 * d * d + 2 * 2 * S * d) + 2 * d * c.vocab_size)
         return encoder + memory_kv + decoder
-
-    def flops_per_token(self, S=None, T=None):
-        """Forward FLOPs per token seen, source and target tokens alike: forward_flops / (S + T)."""
-        c = self.config
-        S = c.max_len if S is None else S
-        T = c.max_len if T is None else T
-        return self.forward_flops(S, T) / (S + T)
 
 
 # ---- construction ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ attributes or lists of them; nothing needs registering. Read this file top to bo
 
     Parameter, Module                      parameter discovery, state dicts, train/eval
     Linear, Embedding, LayerNorm, Dropout  the leaves
+    KVCache                                keys and values kept between generation steps
     MultiHeadAttention                     self- or cross-attention under a bool mask
     FeedForward                            Linear -> GELU -> Linear
     EncoderBlock, DecoderBlock             pre-LayerNorm residual blocks
@@ -39,7 +40,7 @@ from ..engine.rng import as_rng
 from ..engine.tensor import Tensor
 
 __all__ = ["Parameter", "Module", "Linear", "Embedding", "LayerNorm", "Dropout",
-           "MultiHeadAttention", "FeedForward", "EncoderBlock", "DecoderBlock",
+           "KVCache", "MultiHeadAttention", "FeedForward", "EncoderBlock", "DecoderBlock",
            "record_attention", "eval_mode", "init_std"]
 
 init_std = 0.02  # GPT-2's standard deviation for weights and embeddings
@@ -47,6 +48,10 @@ init_std = 0.02  # GPT-2's standard deviation for weights and embeddings
 
 def _normal(rng, shape, std, dtype):
     return (as_rng(rng).standard_normal(shape) * std).astype(dtype)
+
+
+def _array(value):
+    return np.asarray(value.data if isinstance(value, Tensor) else value)
 
 
 class Parameter(Tensor):
@@ -63,9 +68,6 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
-
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     # ---- discovery ------------------------------------------------------------------
     def _members(self):
@@ -123,30 +125,35 @@ class Module:
             p.grad = None
         return self
 
-    astype = to
+    def astype(self, dtype):
+        return self.to(dtype)
 
     # ---- state dicts ------------------------------------------------------------------
     def state_dict(self):
         """name -> a copy of the parameter's array."""
         return {name: p.data.copy() for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state):
-        """Copy arrays into the parameters. Strict: a missing, extra or misshapen entry raises
-        ``KeyError``/``ValueError`` before anything is changed. Values take the parameter's dtype."""
+    def check_state_dict(self, state):
+        """Raise ``KeyError`` (a missing or extra entry) or ``ValueError`` (a misshapen or
+        non-numeric one) unless `state` fits this module; returns name -> Parameter."""
         params = dict(self.named_parameters())
         missing = sorted(set(params) - set(state))
         extra = sorted(set(state) - set(params))
         if missing or extra:
-            raise KeyError(f"load_state_dict: missing entries {missing}, unexpected entries {extra}")
-        arrays = {}
+            raise KeyError(f"state dict: missing entries {missing}, unexpected entries {extra}")
         for name, p in params.items():
-            value = state[name]
-            value = np.asarray(value.data if isinstance(value, Tensor) else value)
+            value = _array(state[name])
             if value.shape != p.shape:
-                raise ValueError(f"load_state_dict: {name!r} has shape {value.shape}, the model expects {p.shape}")
+                raise ValueError(f"state dict: {name!r} has shape {value.shape}, the model expects {p.shape}")
             if value.dtype.kind not in "fiu":
-                raise ValueError(f"load_state_dict: {name!r} has non-numeric dtype {value.dtype}")
-            arrays[name] = value.astype(p.dtype, copy=True)
+                raise ValueError(f"state dict: {name!r} has non-numeric dtype {value.dtype}")
+        return params
+
+    def load_state_dict(self, state):
+        """Copy arrays into the parameters. Strict (`check_state_dict`): a missing, extra or
+        misshapen entry raises before anything is changed. Values take the parameter's dtype."""
+        params = self.check_state_dict(state)
+        arrays = {name: _array(state[name]).astype(p.dtype, copy=True) for name, p in params.items()}
         for name, p in params.items():
             p.data = arrays[name]
         return self
@@ -209,9 +216,7 @@ class Dropout(Module):
         self.rng = as_rng(rng)
 
     def forward(self, x):
-        if self.p == 0 or not self.training:
-            return x
-        return F.dropout(x, self.p, True, rng=self.rng)
+        return F.dropout(x, self.p, self.training, rng=self.rng)
 
 
 # ---- attention probes ----------------------------------------------------------------------
@@ -233,19 +238,30 @@ def record_attention():
 
 # ---- attention -----------------------------------------------------------------------------
 
-def _contiguous(t):
-    """The same values in C memory order (an identity for autograd)."""
-    return Tensor._op(np.ascontiguousarray(t.data), (t,), lambda g: (g,))
+class KVCache:
+    """What incremental decoding keeps between calls of ``model(..., cache=cache)``.
+
+    ``kv`` maps each attention layer to its keys and values (B, S, D) so far: a self-attention
+    layer appends those of the new positions, a cross-attention layer computes those of the
+    encoder memory once. ``tokens`` (B, S) are the ids fed so far; the model keeps them, for
+    the position of the next id and for the mask rows of the new positions. It serves
+    inference: cached keys and values carry no gradient.
+    """
+
+    def __init__(self):
+        self.kv, self.tokens = {}, None
 
 
 class MultiHeadAttention(Module):
     """Scaled dot-product attention with ``n_heads`` heads.
 
-    ``forward(x, memory=None, mask=None)``: queries come from ``x`` (B, T, D); keys and values
-    from ``memory`` (B, S, D) for cross-attention, or from ``x`` itself (S = T) for
+    ``forward(x, memory=None, mask=None, cache=None)``: queries come from ``x`` (B, T, D); keys
+    and values from ``memory`` (B, S, D) for cross-attention, or from ``x`` itself (S = T) for
     self-attention. ``mask`` is a bool array, True = query i may attend key j, of shape
     ``(T, S)``, ``(B, T, S)`` or ``(B, 1, S)`` (key padding); the same mask serves every head.
     A query with no allowed key outputs zeros (before the output projection's bias).
+    With a `KVCache`, self-attention keys ``S`` = the cached positions followed by ``x``'s, and
+    cross-attention reuses the memory's keys and values from the first call.
     """
 
     def __init__(self, d_model, n_heads, dropout=0.0, rng=None, out_std=init_std,
@@ -260,12 +276,6 @@ class MultiHeadAttention(Module):
         self.attn_drop = Dropout(dropout, dropout_rng)
         self.resid_drop = Dropout(dropout, dropout_rng)
 
-    def _split(self, t, B, n, axes=(0, 2, 1, 3)):
-        """(B, n, D) -> (B, H, n, d_head), or (B, H, d_head, n) with axes=(0, 2, 3, 1), in C order:
-        NumPy's batched matmul is many times slower on transposed views than on contiguous arrays.
-        (The generation cache in generate.py uses it; `forward` leaves the split to F.attention.)"""
-        return _contiguous(t.reshape(B, n, self.n_heads, self.d_head).transpose(*axes))
-
     def _check_mask(self, mask, B, T, S):
         mask = np.asarray(mask)
         ok = mask.dtype == bool and (
@@ -276,15 +286,28 @@ class MultiHeadAttention(Module):
                              f"or ({B}, 1, {S}); got shape {mask.shape} dtype {mask.dtype}")
         return mask[None, None] if mask.ndim == 2 else mask[:, None]  # add the head axis
 
-    def forward(self, x, memory=None, mask=None):
+    def _keys_values(self, x, memory, cache):
+        if cache is None:
+            src = x if memory is None else memory
+            return self.k(src), self.v(src)
+        if memory is not None:                       # cross-attention: the memory's, once
+            if self not in cache.kv:
+                cache.kv[self] = (self.k(memory).data, self.v(memory).data)
+            return cache.kv[self]
+        k, v = self.k(x).data, self.v(x).data        # self-attention: append the new positions'
+        if self in cache.kv:
+            k, v = (np.concatenate([old, new], axis=1) for old, new in zip(cache.kv[self], (k, v)))
+        cache.kv[self] = (k, v)
+        return k, v
+
+    def forward(self, x, memory=None, mask=None, cache=None):
         B, T, D = x.shape
-        src = x if memory is None else memory
-        S = src.shape[1]
+        q = self.q(x)
+        k, v = self._keys_values(x, memory, cache)
         if mask is not None:
-            mask = self._check_mask(mask, B, T, S)
+            mask = self._check_mask(mask, B, T, k.shape[1])
         drop = self.attn_drop.p if self.attn_drop.training else 0.0
-        y, att = F.attention(self.q(x), self.k(src), self.v(src), self.n_heads, mask,  # y (B, T, D)
-                             dropout=drop, rng=self.attn_drop.rng)
+        y, att = F.attention(q, k, v, self.n_heads, mask, dropout=drop, rng=self.attn_drop.rng)  # y (B, T, D)
         if _probes is not None:
             _probes.append((self, att.copy()))                              # att (B, H, T, S)
         return self.resid_drop(self.out(y))
@@ -333,8 +356,8 @@ class DecoderBlock(Module):
     """Pre-LN block: masked self-attention, then (if ``cross``) attention to ``memory``,
     then the feed-forward layer, each as ``x + sublayer(LayerNorm(x))``.
 
-    ``forward(x, mask=None, memory=None, memory_mask=None)``; ``memory_mask`` is
-    ``(B, 1, S)`` or ``(B, T, S)`` (usually the source's key padding).
+    ``forward(x, mask=None, memory=None, memory_mask=None, cache=None)``; ``memory_mask`` is
+    ``(B, 1, S)`` or ``(B, T, S)`` (usually the source's key padding); ``cache`` a `KVCache`.
     """
 
     def __init__(self, d_model, n_heads, d_ff, n_layers=1, cross=False, dropout=0.0, rng=None,
@@ -342,20 +365,17 @@ class DecoderBlock(Module):
         std = _residual_std(n_layers)
         self.ln1 = LayerNorm(d_model, dtype=dtype)
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, rng, std, dtype, dropout_rng)
-        if cross:
-            self.ln_cross = LayerNorm(d_model, dtype=dtype)
-            self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, rng, std, dtype, dropout_rng)
-        else:
-            self.ln_cross = self.cross_attn = None
+        self.ln_cross = LayerNorm(d_model, dtype=dtype) if cross else None
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, rng, std, dtype, dropout_rng) if cross else None
         self.ln2 = LayerNorm(d_model, dtype=dtype)
         self.ff = FeedForward(d_model, d_ff, dropout, rng, std, dtype, dropout_rng)
 
-    def forward(self, x, mask=None, memory=None, memory_mask=None):
-        x = x + self.self_attn(self.ln1(x), mask=mask)
+    def forward(self, x, mask=None, memory=None, memory_mask=None, cache=None):
+        x = x + self.self_attn(self.ln1(x), mask=mask, cache=cache)
         if self.cross_attn is not None:
             if memory is None:
                 raise ValueError("DecoderBlock: this block has cross-attention and needs `memory`")
-            x = x + self.cross_attn(self.ln_cross(x), memory=memory, mask=memory_mask)
+            x = x + self.cross_attn(self.ln_cross(x), memory=memory, mask=memory_mask, cache=cache)
         elif memory is not None:
             raise ValueError("DecoderBlock: got `memory` but this block has no cross-attention")
         return x + self.ff(self.ln2(x))

@@ -32,7 +32,7 @@ import zlib
 import numpy as np
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
-           "atomic_write", "write_json_atomic", "rng_state", "set_rng_state"]
+           "atomic_write", "write_json_atomic", "rng_state"]
 
 FORMAT = "minillm-checkpoint"
 VERSION = 1
@@ -87,14 +87,9 @@ def write_json_atomic(path, obj):
 # ---- RNG states as JSON ------------------------------------------------------------------------
 
 def rng_state(rng):
-    """A ``np.random.Generator``'s state as a JSON-able dict."""
+    """A ``np.random.Generator``'s state as a JSON-able dict; `Checkpoint.restore` puts it back
+    into the Generator in place, so every holder of it (e.g. all Dropout layers) sees it."""
     return rng.bit_generator.state
-
-
-def set_rng_state(rng, state):
-    """Put ``state`` (from ``rng_state``) back into ``rng`` in place, so every holder of this
-    Generator (e.g. all Dropout layers of a model) sees it."""
-    rng.bit_generator.state = state
 
 
 # ---- save ------------------------------------------------------------------------------------
@@ -149,7 +144,6 @@ class Checkpoint:
     arch = property(lambda self: self.meta["arch"])
     model_config = property(lambda self: self.meta["model_config"])
     rng = property(lambda self: self.meta["rng"])
-    extra = property(lambda self: self.meta["extra"])
 
     def error(self, what):
         return CheckpointError(f"checkpoint {self.path}: {what}")
@@ -180,14 +174,10 @@ class Checkpoint:
                              for k in sorted(set(mine) | set(self.model_config))
                              if mine.get(k) != self.model_config.get(k))
             raise self.error(f"was written for another model config: {diff}")
-        params = dict(model.named_parameters())
-        missing = sorted(set(params) - set(self.model_state))
-        extra = sorted(set(self.model_state) - set(params))
-        if missing or extra:
-            raise self.error(f"parameters do not match the model: missing {missing}, unexpected {extra}")
-        for name, p in params.items():
-            if self.model_state[name].shape != p.shape:
-                raise self.error(f"parameter {name} has shape {self.model_state[name].shape}, the model expects {p.shape}")
+        try:
+            model.check_state_dict(self.model_state)
+        except (KeyError, ValueError) as e:
+            raise self.error(f"weights do not fit the model: {e.args[0]}") from None
 
     def restore(self, model, optimizer=None, rngs=None):
         """Load weights into ``model`` (and state into ``optimizer``, and RNG states into the
@@ -208,7 +198,7 @@ class Checkpoint:
         if optimizer is not None:
             optimizer.load_state_dict(self.optimizer_state)
         for name, gen in (rngs or {}).items():
-            set_rng_state(gen, self.rng[name])
+            gen.bit_generator.state = self.rng[name]
         return self
 
 

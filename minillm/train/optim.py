@@ -3,7 +3,7 @@
     SGD(params, lr, momentum=0.0, weight_decay=0.0)           PyTorch's SGD (no dampening)
     AdamW(params, lr, betas, eps, weight_decay=0.01)          PyTorch's AdamW update
     clip_grad_norm(params, max_norm) -> norm before clipping
-    constant / warmup_cosine / warmup_inverse_sqrt            schedules: step -> lr
+    Schedule(kind, peak, warmup, total, min_lr)               learning rate: step -> lr
 
 **Which parameters decay.** `params` may be a Module, an iterable of Parameters, or an
 iterable of ``(name, Parameter)`` pairs (what ``model.named_parameters()`` gives). With
@@ -14,9 +14,8 @@ output layer) are not decayed, as in GPT-2/nanoGPT practice. Without names only 
 ``ndim`` rule can apply, so pass a Module or named pairs to spare the embeddings.
 ``decay="all"`` decays every parameter (exactly ``torch.optim.AdamW``'s behaviour).
 
-**In place.** Optimiser state (momentum, Adam moments; SGD keeps one scratch buffer per
-parameter) is allocated once in the constructor; ``step()`` updates it and the parameters
-in place. AdamW's update is one fused kernel (`kernels.adamw_update`, one pass per
+**In place.** Optimiser state (momentum, Adam moments) is allocated once in the
+constructor; ``step()`` updates it and the parameters in place. AdamW's update is one fused kernel (`kernels.adamw_update`, one pass per
 parameter on all threads; the NumPy twin with ``MINILLM_KERNELS=numpy``).
 
 **Gradient accumulation.** Gradients add up in ``.grad`` across ``backward()`` calls
@@ -26,17 +25,16 @@ The trainer does exactly that (weighting micro-batches by their loss tokens, so 
 equals the loss of one big batch).
 
 **Schedules** are pure functions of the step number (0-based: the learning rate used for
-the step about to be taken), so resuming needs only the step; their ``state_dict`` holds
-their settings so that a resumed run can check it uses the same schedule.
+the step about to be taken), so resuming needs only the step.
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..engine import kernels as K
 
-__all__ = ["Optimizer", "SGD", "AdamW", "clip_grad_norm", "grad_norm",
-           "Schedule", "constant", "warmup_cosine", "warmup_inverse_sqrt", "make_schedule"]
+__all__ = ["Optimizer", "SGD", "AdamW", "clip_grad_norm", "grad_norm", "Schedule"]
 
 
 def _named(params):
@@ -152,23 +150,18 @@ class SGD(Optimizer):
             raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         super().__init__(params, decay)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self._scratch = [np.empty_like(p.data) for p in self.params]
 
-    def _update(self, p, grad, i):
-        g = self._scratch[i]
-        np.copyto(g, grad)
+    def _update(self, p, g, i):
         if self.weight_decay and self.decay_mask[i]:
-            g += self.weight_decay * p.data  # one temporary; SGD's decay is rarely used
+            g = g + self.weight_decay * p.data
         if self.momentum:
             buf = self.state["momentum_buffer"][i]
-            if self.t == 1:
-                np.copyto(buf, g)
-            else:
+            if self.t > 1:
                 buf *= self.momentum
-                buf += g
-            g = buf
-        np.multiply(g, self.lr, out=self._scratch[i])
-        p.data -= self._scratch[i]
+                g = np.add(buf, g, out=buf)
+            else:
+                np.copyto(buf, g)
+        p.data -= self.lr * g
 
 
 class AdamW(Optimizer):
@@ -238,6 +231,7 @@ def clip_grad_norm(params, max_norm):
 
 # ---- learning-rate schedules ---------------------------------------------------------------
 
+@dataclass
 class Schedule:
     """A learning rate as a function of the 0-based step: ``schedule(step) -> lr``.
 
@@ -252,17 +246,22 @@ class Schedule:
     """
 
     KINDS = ("constant", "cosine", "inverse_sqrt")
+    kind: str
+    peak: float
+    warmup: int = 0
+    total: int = None
+    min_lr: float = 0.0
 
-    def __init__(self, kind, peak, warmup=0, total=None, min_lr=0.0):
-        if kind not in self.KINDS:
-            raise ValueError(f"schedule kind must be one of {self.KINDS}, got {kind!r}")
-        if not peak >= 0 or warmup < 0 or min_lr < 0:
-            raise ValueError(f"schedule: need peak >= 0, warmup >= 0, min_lr >= 0; got {peak}, {warmup}, {min_lr}")
-        if kind == "cosine" and (total is None or total < warmup):
-            raise ValueError(f"cosine schedule needs total >= warmup, got total={total}, warmup={warmup}")
-        self.kind, self.peak, self.warmup = kind, float(peak), int(warmup)
-        self.total = None if total is None else int(total)
-        self.min_lr = float(min_lr)
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"schedule kind must be one of {self.KINDS}, got {self.kind!r}")
+        if not self.peak >= 0 or self.warmup < 0 or self.min_lr < 0:
+            raise ValueError(f"schedule: need peak >= 0, warmup >= 0, min_lr >= 0; "
+                             f"got {self.peak}, {self.warmup}, {self.min_lr}")
+        if self.kind == "cosine" and (self.total is None or self.total < self.warmup):
+            raise ValueError(f"cosine schedule needs total >= warmup, got total={self.total}, warmup={self.warmup}")
+        self.peak, self.warmup, self.min_lr = float(self.peak), int(self.warmup), float(self.min_lr)
+        self.total = None if self.total is None else int(self.total)
 
     def __call__(self, step):
         step = int(step)
@@ -274,31 +273,3 @@ class Schedule:
             return self.peak * math.sqrt(max(self.warmup, 1) / (step + 1))
         progress = min(max((step - self.warmup) / max(self.total - self.warmup, 1), 0.0), 1.0)
         return self.min_lr + (self.peak - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def state_dict(self):
-        return {"kind": self.kind, "peak": self.peak, "warmup": self.warmup,
-                "total": self.total, "min_lr": self.min_lr}
-
-    def load_state_dict(self, sd):
-        new = Schedule(**sd)  # validates before anything changes
-        self.__dict__.update(new.__dict__)
-        return self
-
-    def __repr__(self):
-        return f"Schedule({', '.join(f'{k}={v!r}' for k, v in self.state_dict().items())})"
-
-
-def constant(peak, warmup=0):
-    return Schedule("constant", peak, warmup)
-
-
-def warmup_cosine(peak, warmup, total, min_lr=0.0):
-    return Schedule("cosine", peak, warmup, total, min_lr)
-
-
-def warmup_inverse_sqrt(peak, warmup):
-    return Schedule("inverse_sqrt", peak, warmup)
-
-
-def make_schedule(kind, peak, warmup=0, total=None, min_lr=0.0):
-    return Schedule(kind, peak, warmup, total, min_lr)
