@@ -168,3 +168,13 @@ def test_non_finite_loss_exits_2_and_names_the_step(tmp_path, capsys):
                           "--out", str(tmp_path / "nan")] + SMOKE, capsys)
     assert code == 2, err
     assert "non-finite loss at step" in err and "Traceback" not in err and "Warning" not in err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`minillm ... | head` must not print a traceback when head stops reading."""
+    proc = subprocess.Popen([sys.executable, "-m", "minillm", "study", "--preset", "smoke", "--out", str(tmp_path),
+                             "--list-units"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the program has written anything (it is still importing)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import minillm as mm
 from minillm.study import evaluate
-from minillm.data.world import toy_tokenizer
+from toy_tasks import toy_tokenizer
 
 TOK = toy_tokenizer()
 CFG = mm.ModelConfig(vocab_size=TOK.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=24,
@@ -51,21 +51,21 @@ def test_batched_scores_equal_brute_force(arch, exs, batch_size):
         at += len(cs)
 
 
-class Shifted:
+class Shifted(mm.nn.Module):
     """A model whose logits are another model's plus a constant."""
     def __init__(self, model, c):
         self.model, self.c = model, c
 
-    def __call__(self, *args):
+    def forward(self, *args):
         return self.model(*args) + self.c
 
 
-class Uniform:
+class Uniform(mm.nn.Module):
     """A model that gives every token the same probability."""
     def __init__(self, arch):
         self.arch = arch
 
-    def __call__(self, first, second):
+    def forward(self, first, second):
         fed = second if self.arch == "ed" else first  # decoder input: tgt_in (ED) or tokens
         return mm.Tensor(np.zeros(fed.shape + (TOK.vocab_size,)))
 
@@ -111,3 +111,13 @@ def test_a_prefix_shared_by_all_choices_adds_the_same_score_to_each(arch, exs, p
     for p, c in zip(prompts, choices):  # log p(c | prompt, prefix) by brute force on the full sequence
         conditional.append(brute_force_score(model, arch, p, prefix + c) - brute_force_score(model, arch, p, prefix))
     np.testing.assert_allclose(joint - shared, conditional, rtol=1e-9, atol=1e-9)
+
+
+def test_scoring_turns_dropout_off_and_restores_the_mode():
+    model = mm.build_model("cd", mm.ModelConfig(**{**vars(CFG), "dropout": 0.5}), seed=1)
+    model.eval()
+    want = evaluate.score_completions(model, "cd", [[5, 6]], [[7, 8]], TOK)
+    model.train()
+    got = evaluate.score_completions(model, "cd", [[5, 6]], [[7, 8]], TOK)
+    assert model.training and all(m.training for _, m in model.named_modules())
+    np.testing.assert_array_equal(got, want)

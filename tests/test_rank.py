@@ -1,4 +1,5 @@
-"""Exact analytic checks of the low-rank measurements (REFERENCE.md, "Why decoder-only?")."""
+"""Exact analytic checks of the rank measures behind "why decoder-only?": a causal attention
+matrix is full rank, a prefix one adds the rank of its prefix block, linear attention has rank <= d."""
 import numpy as np
 from hypothesis import given, strategies as st
 

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from minillm.study import run as study
+from minillm import study
+from minillm.study import results, run
 from minillm.cli import main
 from minillm.data.world import World
 
@@ -53,7 +54,7 @@ def test_smoke_study_table_has_every_row_and_outputs(smoke_study, capsys):
 def test_rerun_skips_finished_units(smoke_study, monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a finished unit was run again")
-    monkeypatch.setattr(study, "run_unit", refuse)
+    monkeypatch.setattr(run, "run_unit", refuse)
     assert main(["study", "--preset", "smoke", "--out", smoke_study, "--no-progress"]) == 0
 
 
@@ -73,7 +74,7 @@ def test_adaptation_and_finetuning_start_from_every_source_weight(smoke_study, t
     for f in ("checkpoint.npz", "result.json"):
         os.link(os.path.join(smoke_study, src_dir, f), os.path.join(fresh, src_dir, f))
     trainer = study.make_trainer(SMOKE, unit, fresh, World("smoke"))
-    source = study._source_state(fresh, unit.source)
+    source = run.source_state(fresh, unit.source)
     state = trainer.model.state_dict()
     assert state.keys() == source.keys()
     for k in state:
@@ -100,9 +101,9 @@ def test_tokens_to_reach_interpolates():
     assert study.tokens_to_reach(curve, 1.0) is None
     base = {"curve": curve, "tokens_seen": 300}
     adapted = {"final_val_loss": 4.0, "tokens_seen": 50}  # from scratch needed 150 tokens for that loss
-    assert study._speedup(base, adapted) == 3.0 and not study._speedup_is_bound(base, adapted)
+    assert results._speedup(base, adapted) == 3.0 and not results._speedup_is_bound(base, adapted)
     better = {"final_val_loss": 1.0, "tokens_seen": 50}   # from scratch never got there: a lower bound
-    assert study._speedup(base, better) == 6.0 and study._speedup_is_bound(base, better)
+    assert results._speedup(base, better) == 6.0 and results._speedup_is_bound(base, better)
 
 
 def _summary(zero_shot, finetuned, nca_speedup=2.0):

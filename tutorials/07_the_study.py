@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 import minillm as mm
-from minillm.study import run as S
+from minillm import study as S
 from minillm.data.batches import PAPER_PAIRS, make_prompt_batch
 from minillm.train.checkpoint import load_checkpoint
 from minillm.study.evaluate import accuracy, random_baseline, rank_classify, score_completions, summarise

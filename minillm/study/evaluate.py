@@ -15,27 +15,21 @@ import numpy as np
 from ..engine import kernels as K
 from ..data.batches import IGNORE_INDEX, make_prompt_batch
 from ..engine.tensor import no_grad
+from ..model.nn import eval_mode
 
 
 def score_completions(model, arch, prompts, completions, tokenizer, batch_size=256, src_eos=False):
     """sum log p(completion | prompt) for each (prompt, completion) pair, as a float64 array."""
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
     scores = []
-    try:
-        with no_grad():
-            for start in range(0, len(prompts), batch_size):
-                batch = make_prompt_batch(arch, prompts[start:start + batch_size], completions[start:start + batch_size],
-                                          tokenizer, add_eos=False, src_eos=src_eos)
-                logits = model(*batch.inputs).data
-                logp = K.log_softmax(np.ascontiguousarray(logits, dtype=np.float64))
-                keep = batch.targets != IGNORE_INDEX
-                picked = np.take_along_axis(logp, np.where(keep, batch.targets, 0)[..., None], -1)[..., 0]
-                scores.append(np.where(keep, picked, 0).sum(axis=1))
-    finally:
-        if was_training and hasattr(model, "train"):
-            model.train()
+    with eval_mode(model), no_grad():
+        for start in range(0, len(prompts), batch_size):
+            batch = make_prompt_batch(arch, prompts[start:start + batch_size], completions[start:start + batch_size],
+                                      tokenizer, add_eos=False, src_eos=src_eos)
+            logits = model(*batch.inputs).data
+            logp = K.log_softmax(np.ascontiguousarray(logits, dtype=np.float64))
+            keep = batch.targets != IGNORE_INDEX
+            picked = np.take_along_axis(logp, np.where(keep, batch.targets, 0)[..., None], -1)[..., 0]
+            scores.append(np.where(keep, picked, 0).sum(axis=1))
     return np.concatenate(scores) if scores else np.zeros(0)
 
 

@@ -18,6 +18,8 @@ control; `attention_ranks(...)` does the same for the attention of a trained mod
 """
 import numpy as np
 
+from ..model import masks
+
 
 def singular_values(A):
     return np.linalg.svd(np.asarray(A, dtype=np.float64), compute_uv=False)
@@ -45,21 +47,13 @@ def ranks(A, rtol=1e-6):
     return {"numerical": numerical_rank(A, rtol), "entropy": entropy_rank(A), "stable": stable_rank(A)}
 
 
-def _mask(kind, n, prefix):
-    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
-    if kind == "bidirectional":
-        return np.ones((n, n), bool)
-    if kind == "causal":
-        return j <= i
-    if kind == "prefix":
-        return (j <= i) | ((i < prefix) & (j < prefix))
-    raise ValueError(f"mask kind must be bidirectional, causal or prefix, got {kind!r}")
-
-
 def softmax_attention(logits, kind="bidirectional", prefix=0):
     """Row-softmax of an (n, n) logit matrix under a mask kind; a float64 probability matrix."""
     logits = np.asarray(logits, dtype=np.float64)
-    keep = _mask(kind, logits.shape[0], prefix)
+    n = logits.shape[0]
+    if kind not in ("bidirectional", "causal", "prefix"):
+        raise ValueError(f"mask kind must be bidirectional, causal or prefix, got {kind!r}")
+    keep = masks.prefix(n, {"bidirectional": n, "causal": 0}.get(kind, prefix))  # prefix n: all; prefix 0: causal
     z = np.where(keep, logits, -np.inf)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -145,65 +139,8 @@ def model_ranks(model, sequences, rtol=1e-6):
         finally:
             model.arch = arch
     for mask, probes in runs.items():
-        for layer, r in _by_layer(attention_ranks(probes, rtol)):
-            rows.append({"mask": mask, "layer": layer, **r, "n": T})
+        for layer, P in probes.items():
+            heads = attention_ranks({layer: P}, rtol)
+            mean = {k: float(np.mean([r[k] for r in heads])) for k in ("numerical", "entropy", "stable")}
+            rows.append({"mask": mask, "layer": layer, **mean, "n": T})
     return rows
-
-
-def _by_layer(rows):
-    layers = []
-    for r in rows:
-        if r["layer"] not in layers:
-            layers.append(r["layer"])
-    for layer in layers:
-        mine = [r for r in rows if r["layer"] == layer]
-        yield layer, {k: float(np.mean([r[k] for r in mine])) for k in ("numerical", "entropy", "stable")}
-
-
-def add_arguments(p):
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint file or run directory (omit with --synthetic)")
-    p.add_argument("--synthetic", action="store_true", help="random Q, K across logit scales, linear attention as control")
-    p.add_argument("--n", type=int, default=64, help="sequence length of the synthetic matrices")
-    p.add_argument("--d", type=int, default=8, help="head dimension of the synthetic Q and K")
-    p.add_argument("--scales", type=float, nargs="+", default=[0.01, 0.1, 1.0, 3.0], help="logit scales")
-    p.add_argument("--batch", type=int, default=4, help="sequences of the world's validation text to average over")
-    p.add_argument("--rtol", type=float, default=1e-6, help="numerical rank: singular values above rtol * largest")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
-
-
-def run(args):
-    import json
-    from ..cli import UsageError, open_checkpoint
-    if args.synthetic == bool(args.checkpoint):
-        raise UsageError("give either a CHECKPOINT or --synthetic")
-    if args.synthetic:
-        if args.n < 2 or args.d < 1:
-            raise UsageError(f"--n must be >= 2 and --d >= 1, got n={args.n}, d={args.d}")
-        rows = synthetic(args.n, args.d, tuple(args.scales), rtol=args.rtol)
-        cols = ["scale", "kind", "numerical", "entropy", "stable"]
-        title = f"attention of random Q, K (n={args.n}, d={args.d}); linear attention has rank <= d"
-    else:
-        ck = open_checkpoint(args.checkpoint)
-        model = ck.build_model()
-        seqs = _validation_sequences(ck, args.batch)
-        rows = model_ranks(model, seqs, args.rtol)
-        cols = ["mask", "layer", "numerical", "entropy", "stable", "n"]
-        title = f"attention of {args.checkpoint} ({model.arch}) on {len(seqs)} sequences of {seqs.shape[1]} tokens"
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        print(title)
-        print(format_table(rows, cols))
-    return 0
-
-
-def _validation_sequences(ck, batch):
-    """`batch` equal-length token sequences from the text the checkpoint was trained on."""
-    from ..train.trainer import TrainConfig, load_corpus
-    cfg = TrainConfig.from_dict(ck.config, source=ck.path).resolved()
-    corpus = load_corpus(cfg)
-    docs = sorted(corpus.val, key=len, reverse=True)[:max(1, batch)]
-    T = min(min(len(d) for d in docs), ck.model_config["max_len"])
-    if T < 2:
-        raise ValueError(f"validation text of {ck.path} is too short to measure attention ranks")
-    return np.stack([np.asarray(d[:T], dtype=np.int64) for d in docs])

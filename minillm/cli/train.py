@@ -1,101 +1,19 @@
-"""The ``minillm`` command (also ``python -m minillm``).
-
-    minillm train --arch cd --objective flm [--data world|FILE] [--preset smoke|default|large]
-                  [--out DIR] [--force | --resume] [--config FILE.json|.toml] [--lr ...]
-    minillm generate CHECKPOINT --prompt "..." [--max-new-tokens N] [--temperature T] [--top-k K]
-    minillm eval CHECKPOINT [--data world|FILE] [--batches N] [--json]
-    minillm describe [--preset P] [--config FILE] [--d-model ...]   parameters and FLOPs, all archs
-
-Exit codes: 0 success; 2 bad arguments or input, or training stopped on a non-finite loss
-(one line on stderr, no traceback; the last good checkpoint is kept); 130 interrupted by
-Ctrl-C (after saving a checkpoint).
-
-**Adding a subcommand** (e.g. ``study``, ``rank``): in your own module write
-``add_arguments(parser)`` and ``run(args) -> int``, then add one ``Command(...)`` line to
-``commands()`` below, in the marked place. Raise ``UsageError`` (or ``ValueError``/``OSError``
-while reading arguments and files) for bad input; ``main`` turns it into exit code 2.
-Shared helpers for subcommands: ``add_config_arguments``, ``config_from_args``,
-``open_checkpoint``.
-"""
-import argparse
+"""``minillm train``, ``generate``, ``eval`` and ``describe``: one run's commands, and the
+flags that make a TrainConfig (one ``--flag`` per field, over ``--config FILE`` and the preset)."""
 import dataclasses
 import json
 import os
-import shutil
 import sys
-from typing import Callable, NamedTuple
+import time
 
-__all__ = ["main", "Command", "commands", "UsageError", "add_config_arguments",
-           "config_from_args", "open_checkpoint"]
-
-
-class UsageError(Exception):
-    """Bad arguments or input: ``main`` prints the message on one line and exits with 2."""
-
-
-class Command(NamedTuple):
-    name: str
-    help: str
-    add_arguments: Callable  # (argparse.ArgumentParser) -> None
-    run: Callable            # (argparse.Namespace) -> int exit code
-
-
-def commands():
-    """Every subcommand, in the order ``--help`` lists them."""
-    from .study import rank
-    from .study import run as study
-    return [
-        Command("train", "train a model (new run, --resume or --force)", add_train_arguments, run_train),
-        Command("generate", "continue a prompt with a trained model", add_generate_arguments, run_generate),
-        Command("eval", "validation loss, perplexity and accuracy of a checkpoint", add_eval_arguments, run_eval),
-        Command("describe", "parameter counts and FLOPs of a config for cd, nd and ed",
-                add_describe_arguments, run_describe),
-        Command("study", "rerun the architecture x objective study of Wang et al. 2022 at toy scale",
-                study.add_arguments, study.run),
-        Command("rank", "why decoder-only? ranks of attention matrices (a checkpoint, or --synthetic)",
-                rank.add_arguments, rank.run),
-        # ---- more subcommands go here, one line each
-    ]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (exit code 2, as argparse does)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def build_parser():
-    from . import __version__
-    parser = _Parser(prog="minillm", description="minillm: train, sample and inspect small Transformers "
-                     "(causal decoder, prefix decoder, encoder-decoder) on NumPy.")
-    parser.add_argument("--version", action="version", version=f"minillm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for cmd in commands():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help[0].upper() + cmd.help[1:] + ".")
-        cmd.add_arguments(p)
-        p.set_defaults(_run=cmd.run)
-    return parser
-
-
-def main(argv=None):
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, or a bad argument (code 2, message printed)
-        return e.code if isinstance(e.code, int) else 2
-    if getattr(args, "_run", None) is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(args._run(args) or 0)
-    except UsageError as e:
-        print(f"minillm {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # outside training (which saves and stops cleanly on its own)
-        print(f"minillm {args.command}: interrupted", file=sys.stderr)
-        return 130
+from . import UsageError, open_checkpoint, usage_errors
+from ..data.batches import ARCHS, OBJECTIVES
+from ..model.generate import generate
+from ..model.models import ModelConfig, build_model
+from ..train.checkpoint import write_json_atomic
+from ..train.optim import Schedule
+from ..train.trainer import (PRESETS, Interrupted, NonFiniteLoss, Trainer, TrainConfig, evaluate_loss, load_corpus,
+                             validation_batches)
 
 
 # ---- configuration from flags and files -------------------------------------------------------
@@ -118,26 +36,24 @@ _CONFIG_HELP = {
     "checkpoint_every": "steps between checkpoints (there is always one at the end)",
 }
 
-
-_CHOICES = {"preset": ["smoke", "default", "large"], "schedule": ["constant", "cosine", "inverse_sqrt"]}
+_CHOICES = {"preset": list(PRESETS), "schedule": list(Schedule.KINDS)}
 
 
 def add_config_arguments(parser, skip=("arch", "objective")):
     """One ``--flag`` per TrainConfig field (``d_model`` -> ``--d-model``), default None
     (= from --config or the preset), plus ``--config FILE``."""
-    from .train.trainer import TrainConfig
     parser.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings (flags override it)")
     group = parser.add_argument_group("settings (default: from --config, else the preset)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
         kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-        if f.name in ("preset", "schedule"):
+        if f.name in _CHOICES:
             group.add_argument("--" + f.name, choices=_CHOICES[f.name], help=_CONFIG_HELP[f.name])
-            continue
-        metavar = "FILE" if f.name == "data" else f.name.upper()
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, metavar=metavar,
-                           help=_CONFIG_HELP.get(f.name, f.name.replace("_", " ")))
+        else:
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
+                               metavar="FILE" if f.name == "data" else f.name.upper(),
+                               help=_CONFIG_HELP.get(f.name, f.name.replace("_", " ")))
 
 
 def _read_config_file(path):
@@ -163,7 +79,6 @@ def _read_config_file(path):
 def config_from_args(args):
     """TrainConfig from (lowest first) defaults, the preset, ``--config`` and the flags;
     resolved and checked (a bad value is a UsageError)."""
-    from .train.trainer import TrainConfig
     values = _read_config_file(args.config) if getattr(args, "config", None) else {}
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
@@ -175,26 +90,15 @@ def config_from_args(args):
         raise UsageError(str(e)) from None
 
 
-def open_checkpoint(path):
-    """Load ``path`` (a checkpoint file or a run directory holding checkpoint.npz)."""
-    from .train.checkpoint import CheckpointError, load_checkpoint
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.npz")
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
-
-
 # ---- train -------------------------------------------------------------------------------------
 
 RUN_FILES = ("checkpoint.npz", "config.json", "log.jsonl")
 
 
 def add_train_arguments(p):
-    p.add_argument("--arch", choices=["cd", "nd", "ed"],
+    p.add_argument("--arch", choices=ARCHS,
                    help="cd: causal decoder (GPT); nd: prefix (non-causal) decoder; ed: encoder-decoder")
-    p.add_argument("--objective", choices=["flm", "plm", "mlm"],
+    p.add_argument("--objective", choices=OBJECTIVES,
                    help="flm: full language modeling; plm: prefix LM; mlm: T5 span corruption")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/ARCH-OBJECTIVE-PRESET-sSEED)")
     mode = p.add_mutually_exclusive_group()
@@ -205,13 +109,12 @@ def add_train_arguments(p):
 
 
 def run_train(args):
-    from .train.trainer import Interrupted, NonFiniteLoss, Trainer, load_corpus
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out DIR (the run to continue)")
         return _resume(args)
     if args.config is None and (args.arch is None or args.objective is None):
-        raise UsageError("choose --arch (cd, nd, ed) and --objective (flm, plm, mlm), or give --config")
+        raise UsageError(f"choose --arch ({', '.join(ARCHS)}) and --objective ({', '.join(OBJECTIVES)}), or give --config")
     cfg = config_from_args(args)
     out = args.out or os.path.join("runs", f"{cfg.arch}-{cfg.objective}-{cfg.preset}-s{cfg.seed}")
     existing = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
@@ -220,19 +123,14 @@ def run_train(args):
                          "pass --resume to continue it or --force to overwrite it")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} exists and is not a directory")
-    try:
-        corpus = load_corpus(cfg)
-        trainer = Trainer(cfg, corpus, out, progress=not args.no_progress)
-    except (ValueError, OSError) as e:
-        raise UsageError(str(e)) from None
+    with usage_errors():
+        trainer = Trainer(cfg, load_corpus(cfg), out, progress=not args.no_progress)
     for f in existing:  # --force: replace the old run's files, nothing else in the directory
         os.remove(os.path.join(out, f))
-    return _fit(trainer, out, Interrupted, NonFiniteLoss)
+    return _fit(trainer, out)
 
 
 def _resume(args):
-    from .train.checkpoint import CheckpointError
-    from .train.trainer import Interrupted, NonFiniteLoss, Trainer, TrainConfig
     ck = open_checkpoint(args.out)
     overrides = {}
     for f in dataclasses.fields(TrainConfig):
@@ -245,20 +143,16 @@ def _resume(args):
         overrides[f.name] = v
     if args.config:
         raise UsageError("--config cannot be used with --resume (the run's config is in its checkpoint)")
-    try:
+    with usage_errors():
         trainer = Trainer.resume(args.out, progress=not args.no_progress, **overrides)
-    except (ValueError, OSError, CheckpointError) as e:
-        raise UsageError(str(e)) from None
     if trainer.tokens_seen >= trainer.cfg.tokens:
         print(f"{args.out}: the run already saw its budget of {trainer.cfg.tokens:,} tokens; "
               "raise it with --tokens to train on", file=sys.stderr)
         return 0
-    return _fit(trainer, args.out, Interrupted, NonFiniteLoss)
+    return _fit(trainer, args.out)
 
 
-def _fit(trainer, out, Interrupted, NonFiniteLoss):
-    import time
-    from .train.checkpoint import write_json_atomic
+def _fit(trainer, out):
     cfg = trainer.cfg
     os.makedirs(out, exist_ok=True)
     write_json_atomic(os.path.join(out, "config.json"), trainer.config_dict())
@@ -294,9 +188,8 @@ def add_generate_arguments(p):
 
 
 def run_generate(args):
-    from .model.generate import generate
     ck = open_checkpoint(args.checkpoint)
-    try:
+    with usage_errors():
         tok = ck.tokenizer()
         model = ck.build_model()
         prompt = tok.encode(args.prompt)
@@ -305,8 +198,6 @@ def run_generate(args):
         out = generate(model, prompt, args.max_new_tokens, bos_id=tok.bos_id, eos_id=tok.eos_id,
                        temperature=args.temperature, top_k=args.top_k, rng=args.seed,
                        src_eos=(ck.config or {}).get("objective") == "mlm", use_cache=not args.no_cache)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     print(tok.decode(out))
     return 0
 
@@ -321,11 +212,10 @@ def add_eval_arguments(p):
 
 
 def run_eval(args):
-    from .train.trainer import TrainConfig, evaluate_loss, load_corpus, validation_batches
     ck = open_checkpoint(args.checkpoint)
     if not ck.config:
         raise UsageError(f"checkpoint {ck.path} holds no run config")
-    try:
+    with usage_errors():
         values = dict(ck.config)
         if args.data:
             values["data"] = args.data
@@ -338,8 +228,6 @@ def run_eval(args):
                              f"{cfg.data!r} gives (its vocabulary differs)")
         model = ck.build_model()
         result = evaluate_loss(model, validation_batches(cfg, corpus))
-    except (ValueError, OSError) as e:
-        raise UsageError(str(e)) from None
     result = {"checkpoint": ck.path, "step": ck.step, "tokens_seen": ck.tokens_seen,
               "arch": cfg.arch, "objective": cfg.objective, "data": corpus.name, **result}
     if args.json:
@@ -363,28 +251,20 @@ def add_describe_arguments(p):
 
 
 def run_describe(args):
-    from .model.models import ModelConfig, build_model
     cfg = config_from_args(args)
-    if args.vocab_size is not None:
-        vocab, source = args.vocab_size, "--vocab-size"
-    else:
-        try:
-            from .train.trainer import load_corpus
-            tok = load_corpus(cfg).tokenizer
-        except (ValueError, OSError) as e:
-            raise UsageError(str(e)) from None
-        vocab, source = tok.vocab_size, f"tokenizer of {cfg.data!r}"
-    try:
+    with usage_errors():
+        if args.vocab_size is not None:
+            vocab, source = args.vocab_size, "--vocab-size"
+        else:
+            vocab, source = load_corpus(cfg).tokenizer.vocab_size, f"tokenizer of {cfg.data!r}"
         mc = ModelConfig(vocab_size=vocab, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
                          d_ff=cfg.d_ff, max_len=cfg.max_len, dropout=cfg.dropout)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     if not args.json:
         print(f"preset {cfg.preset}: vocab {vocab} ({source}), d_model {mc.d_model}, heads {mc.n_heads}, "
               f"layers {mc.n_layers} (per stack for ed), d_ff {mc.d_ff}, max_len {mc.max_len}; "
               f"budget {cfg.tokens:,} tokens seen")
         print(f"{'arch':<5}{'parameters':>14}{'fwd FLOPs/token':>18}{'train FLOPs (3x fwd) for budget':>34}")
-    for arch in ("cd", "nd", "ed"):
+    for arch in ARCHS:
         m = build_model(arch, mc, seed=0)
         per_token = m.flops_per_token()
         row = {"arch": arch, "parameters": m.num_parameters(), "forward_flops_per_token": per_token,
@@ -397,7 +277,3 @@ def run_describe(args):
         print("FLOPs count matrix products only (2 per multiply-add) at length max_len; ed counts source "
               "and target tokens of length max_len each. Training costs about 3x the forward pass.")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The results of a study: finished units gathered into a table, checked against the paper, written out.
+
+`collect` reads every finished unit's `result.json` and aggregates each row of the table
+(the six pairs, then the two adaptations) over seeds: mean, standard deviation and count.
+`format_table` and `report` render it as text (what `minillm study` prints, also
+`report.md`); `conclusions` gives a verdict on each of the paper's three claims;
+`write_outputs` writes `results.json`, `results.csv`, `report.md` and, with matplotlib,
+`results.png`.
+"""
+import csv
+import json
+import os
+
+import numpy as np
+
+from .plan import ADAPTATIONS, is_done, label, result_path, units
+from .run import own_probe
+from ..data.batches import PAPER_PAIRS
+from ..train.checkpoint import write_json_atomic
+
+
+def _stat(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def collect(cfg, out):
+    """Aggregate finished units into table rows (mean and spread over seeds)."""
+    res = {}
+    for u in units(cfg):
+        if is_done(out, u.name):
+            with open(result_path(out, u.name), encoding="utf-8") as f:
+                res[u.name] = r = json.load(f)
+            r["probe"] = own_probe(r, u.objectives)
+    rows = []
+    for key in [f"{a}-{o}" for a, o in PAPER_PAIRS] + list(ADAPTATIONS):
+        first = "adapt" if key in ADAPTATIONS else "pretrain"
+        pre = [res.get(f"{first}/{key}/s{s}") for s in range(cfg.seeds)]
+        fin = [res.get(f"finetune/{key}/s{s}") for s in range(cfg.seeds)]
+        any_r = next((r for r in pre + fin if r), None)
+        if any_r is None:
+            continue
+        row = {"row": any_r["label"] if key not in ADAPTATIONS else _adapt_label(key),
+               "key": key, "parameters": any_r["parameters"], "flops_per_token": any_r["flops_per_token"],
+               "zero_shot": _stat([r["heldout"]["mean"] for r in pre if r]),
+               "probe": _stat([r["probe"] for r in pre if r]),
+               "probe_prompt": _stat([r["probe_next"] for r in pre if r]),
+               "finetuned": _stat([r["heldout"]["mean"] for r in fin if r]),
+               "finetuned_train": _stat([r["train"]["mean"] for r in fin if r]),
+               "probe_finetuned": _stat([r["probe_next"] for r in fin if r])}
+        if key in ADAPTATIONS:
+            base = ADAPTATIONS[key][3]
+            pairs = [(res.get(f"pretrain/{base[0]}-{base[1]}/s{s}"), res.get(f"adapt/{key}/s{s}")) for s in range(cfg.seeds)]
+            row["speedup"] = _stat([_speedup(b, a) for b, a in pairs])
+            row["speedup_is_lower_bound"] = any(_speedup_is_bound(b, a) for b, a in pairs)
+        rows.append(row)
+    some = next(iter(res.values()), None)
+    return {"config": cfg.to_dict(), "rows": rows, "units": res,
+            "heldout_baseline": some["heldout_baseline"] if some else None,
+            "probe_baseline": some["probe_baseline"] if some else None}
+
+
+def _adapt_label(key):
+    src, arch, obj, _ = ADAPTATIONS[key]
+    return f"{key.upper()}: {label(src)} -> {arch.upper()}:{obj.upper()}"
+
+
+def tokens_to_reach(curve, target):
+    """First number of tokens at which a (tokens, loss) curve reaches `target`, interpolated; None if never."""
+    prev = None
+    for t, loss in curve:
+        if loss <= target:
+            if prev is None or prev[1] == loss:
+                return float(t)
+            (t0, l0) = prev
+            return float(t0 + (t - t0) * (l0 - target) / (l0 - loss))
+        prev = (t, loss)
+    return None
+
+
+def _speedup(baseline, adapted):
+    """How many from-scratch tokens the adaptation was worth, per adaptation token.
+
+    The tokens the from-scratch run (same pair, same seed, same validation batches) needed to
+    reach the adapted model's final validation loss, divided by the tokens of adaptation.
+    Above 1, adapting was cheaper than training from scratch. If the from-scratch run never
+    got there, its whole budget is used and the ratio is a lower bound (`_speedup_is_bound`).
+    """
+    if not baseline or not adapted or not adapted["tokens_seen"]:
+        return None
+    need = tokens_to_reach(baseline["curve"], adapted["final_val_loss"])
+    return (need if need is not None else baseline["tokens_seen"]) / adapted["tokens_seen"]
+
+
+def _speedup_is_bound(baseline, adapted):
+    return bool(baseline and adapted) and tokens_to_reach(baseline["curve"], adapted["final_val_loss"]) is None
+
+
+def _fmt(stat, pct=True):
+    if stat is None:
+        return "-"
+    k = 100 if pct else 1
+    return f"{k * stat['mean']:.1f} ± {k * stat['std']:.1f}" if stat["n"] > 1 else f"{k * stat['mean']:.1f}"
+
+
+def format_table(summary):
+    cols = ["model", "params", "FLOPs/tok", "probe", "zero-shot", "finetuned", "ft train tasks", "speed-up"]
+    lines = [[r["row"], f"{r['parameters'] / 1e6:.2f}M", f"{r['flops_per_token'] / 1e6:.2f}M", _fmt(r["probe"]),
+              _fmt(r["zero_shot"]), _fmt(r["finetuned"]), _fmt(r["finetuned_train"]),
+              ((">=" if r.get("speedup_is_lower_bound") else "") + _fmt(r["speedup"], pct=False) + "x")
+              if r.get("speedup") else "-"]
+             for r in summary["rows"]]
+    widths = [max(len(c), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)] if lines else [len(c) for c in cols]
+    fmt = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    base = summary["heldout_baseline"]
+    notes = [f"Accuracy in % on held-out tasks (rank classification, mean over templates then tasks); "
+             f"random choice: {100 * base:.1f}%." if base is not None else "",
+             f"probe: the held-out facts as statements (random {100 * summary['probe_baseline']:.1f}%), in the best "
+             f"format the model's objectives train (MLM: the value as a sentinel's target; a PLM-trained ED: the "
+             f"statement on the decoder side)." if base is not None else "",
+             "speed-up: tokens the from-scratch pair needed to reach the adapted model's final validation loss, "
+             "divided by the tokens of adaptation (above 1: adapting was cheaper than starting over)."]
+    return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines] + [""] + [n for n in notes if n])
+
+
+def conclusions(summary):
+    """The paper's three conclusions, each with a verdict on this run: "REPRODUCED", "NOT
+    reproduced", or "TIED" when the claimed winner and this run's winner are within one
+    standard deviation of each other over seeds (the run cannot tell them apart)."""
+    rows = {r["key"]: r for r in summary["rows"]}
+    pairs = [f"{a}-{o}" for a, o in PAPER_PAIRS]
+    if not all(rows.get(k, {}).get("zero_shot") for k in pairs):
+        return []  # a comparison needs every pair
+
+    def winner(metric, claimed):
+        ranked = sorted(pairs, key=lambda k: -rows[k][metric]["mean"])
+        top, want = rows[ranked[0]][metric], rows[claimed][metric]
+        close = top["n"] > 1 and abs(top["mean"] - want["mean"]) < max(top["std"], want["std"])
+        verdict = "REPRODUCED" if ranked[0] == claimed else ("TIED" if close else "NOT reproduced")
+        scores = ", ".join(f"{rows[k]['row']} {100 * rows[k][metric]['mean']:.1f}" for k in ranked[:3])
+        return verdict, f"top three here: {scores}" + ("" if top["n"] > 1 else " (one seed: no error bars)")
+
+    out = [("1. CD:FLM is best zero-shot after self-supervised pretraining alone", *winner("zero_shot", "cd-flm"))]
+    if all(rows[k].get("finetuned") for k in pairs):
+        out.append(("2. ED:MLM (then ND:MLM) is best after multitask finetuning", *winner("finetuned", "ed-mlm")))
+    nca = rows.get("nc-a", {})
+    if nca.get("finetuned") and rows["nd-mlm"].get("finetuned"):
+        fa, fb, sp = nca["finetuned"], rows["nd-mlm"]["finetuned"], nca.get("speedup")
+        a, b = fa["mean"], fb["mean"]
+        cheap = sp is not None and sp["mean"] > 1
+        tie = a == b or (fa["n"] > 1 and abs(a - b) < max(fa["std"], fb["std"]))
+        verdict = "TIED" if cheap and tie else ("REPRODUCED" if cheap and a > b else "NOT reproduced")
+        out.append(("3. CD:FLM -> NC-A -> multitask gets a generative and a multitask model cheaply", verdict,
+                    f"NC-A finetuned {100 * a:.1f}% vs ND:MLM from scratch {100 * b:.1f}%, adaptation "
+                    f"speed-up {('%.1fx' % sp['mean']) if sp else 'unknown'}"))
+    return out
+
+
+def _probe_warnings(summary):
+    """Plain words for the rows whose accuracy cannot show transfer, and why."""
+    base = summary["probe_baseline"] or 0
+    learned = lambda stat: stat and stat["mean"] >= base + 0.5 * (1 - base)  # noqa: E731
+    out = []
+    for r in summary["rows"]:
+        if r.get("probe") and not learned(r["probe"]):
+            how = "did not learn" if r["probe"]["mean"] < base + 0.1 else "learned only some of"
+            out.append(f"{r['row']} {how} the held-out facts (probe {100 * r['probe']['mean']:.0f}%, "
+                       f"random {100 * base:.0f}%): its zero-shot accuracy cannot show transfer.")
+        elif r.get("probe_prompt") and not learned(r["probe_prompt"]):
+            out.append(f"{r['row']} learned the held-out facts in its own format (probe {100 * r['probe']['mean']:.0f}%) "
+                       f"but cannot recall them from a prompt ({100 * r['probe_prompt']['mean']:.0f}% with the statement "
+                       f"as the prompt), the way the tasks ask.")
+    return out
+
+
+def report(summary):
+    """The whole report as Markdown-friendly text: table, conclusions, warnings."""
+    lines = ["# minillm study: architecture x objective at toy scale (Wang et al. 2022)", "",
+             f"preset {summary['config']['preset']}, seeds {summary['config']['seeds']}, "
+             f"pretraining {summary['config']['pretrain_tokens']:,} tokens seen per pair", "", "```",
+             format_table(summary), "```", "", "## The paper's conclusions, checked", ""]
+    done = [r for r in summary["rows"] if r.get("finetuned")]
+    if done and summary["heldout_baseline"] is not None:
+        top = max(done, key=lambda r: r["finetuned"]["mean"])
+        gain = 100 * (top["finetuned"]["mean"] - summary["heldout_baseline"])
+        lines.append(f"Best held-out accuracy after multitask finetuning: {top['row']} {_fmt(top['finetuned'])}%, "
+                     f"{gain:+.1f} points over random choice.\n")
+    for claim, verdict, why in conclusions(summary):
+        lines.append(f"- {verdict}: {claim} — {why}")
+    warn = _probe_warnings(summary)
+    if warn:
+        lines += ["", "## Caveats", ""] + [f"- {w}" for w in warn]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(summary, out):
+    write_json_atomic(os.path.join(out, "results.json"), {k: v for k, v in summary.items() if k != "units"})
+    with open(os.path.join(out, "results.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "parameters", "flops_per_token", "probe_mean", "probe_std", "zero_shot_mean",
+                    "zero_shot_std", "finetuned_mean", "finetuned_std", "speedup_mean", "n_seeds"])
+        for r in summary["rows"]:
+            g = lambda k, s: "" if not r.get(k) else r[k][s]  # noqa: E731
+            w.writerow([r["row"], r["parameters"], r["flops_per_token"], g("probe", "mean"), g("probe", "std"),
+                        g("zero_shot", "mean"), g("zero_shot", "std"), g("finetuned", "mean"), g("finetuned", "std"),
+                        g("speedup", "mean"), (r.get("zero_shot") or r.get("finetuned") or {}).get("n", "")])
+    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+        f.write(report(summary))
+    _plots(summary, out)
+
+
+def _plots(summary, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for name, r in sorted(summary["units"].items()):
+        if r["stage"] in ("pretrain", "adapt") and r["curve"] and r["seed"] == 0:
+            t, loss = zip(*r["curve"])
+            axes[0].plot(t, loss, label=f"{r['label']}{' (adapted)' if r['stage'] == 'adapt' else ''}")
+    axes[0].set(xlabel="tokens seen", ylabel="validation loss (each in its own objective)", title="pretraining and adaptation, seed 0")
+    axes[0].legend(fontsize=7)
+    rows = summary["rows"]
+    x = np.arange(len(rows))
+    for off, key, lab in ((-0.2, "zero_shot", "after pretraining"), (0.2, "finetuned", "after finetuning")):
+        axes[1].bar(x + off, [100 * r[key]["mean"] if r.get(key) else 0 for r in rows], 0.4, label=lab,
+                    yerr=[100 * r[key]["std"] if r.get(key) else 0 for r in rows])
+    if summary["heldout_baseline"] is not None:
+        axes[1].axhline(100 * summary["heldout_baseline"], color="k", ls="--", label="random")
+    axes[1].set_xticks(x, [r["row"].split(":")[0] if r["key"] in ADAPTATIONS else r["row"] for r in rows],
+                       rotation=45, fontsize=7)
+    axes[1].set(ylabel="held-out accuracy (%)", title="zero-shot, held-out tasks")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "results.png"), dpi=120)
+    plt.close(fig)
