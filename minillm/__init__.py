@@ -14,6 +14,7 @@ README.md ("Read the code") gives the reading order.
 """
 import sys
 
+from . import engine
 from .engine.tensor import Tensor, no_grad, is_grad_enabled
 from .engine import kernels, functional
 from .model import masks, nn, models, generate
@@ -25,7 +26,7 @@ from . import testing
 
 # The flat module names of the first release (`minillm.masks`, `minillm.optim`, ...) stay
 # importable: `from minillm.masks import causal` finds the module in its new place.
-for _m in (kernels, functional, masks, nn, models, generate, tokenizer, objectives, batches, world,
+for _m in (engine.tensor, kernels, functional, masks, nn, models, generate, tokenizer, objectives, batches, world,
            optim, checkpoint, trainer, evaluate, rank):
     sys.modules.setdefault(f"{__name__}.{_m.__name__.rsplit('.', 1)[1]}", _m)
 

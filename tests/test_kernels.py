@@ -764,3 +764,14 @@ def test_512_bit_vectors_only_on_avx512_and_never_over_the_users_choice(monkeypa
     host = "+sse2,+avx2,+fma"                                 # no AVX-512: nothing to change
     threads._prefer_512_bit_vectors()
     assert numba.config.CPU_FEATURES is None
+
+
+def test_compile_message_hook_leaves_other_numba_functions_alone():
+    """The cold-start listener sees every Numba compile in the process; a user's function
+    whose __module__ is None (made by exec, or sympy.lambdify) must still compile."""
+    import numba
+    K.num_threads()                     # loads minillm's Numba backend and its listener
+    ns = {}
+    exec("def f(x):\n    return x * x + 1", ns)
+    ns["f"].__module__ = None
+    assert numba.njit(ns["f"])(3.0) == 10.0

@@ -122,6 +122,10 @@ def span_corruption(tokens, sentinels, noise_density=0.15, mean_span_length=3.0,
         raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
     if len(tokens) < 2:
         raise ValueError(f"sequence too short to corrupt: length {len(tokens)}, need at least 2 tokens")
+    n_spans = noise_counts(len(tokens), noise_density, mean_span_length)[1]   # checked before any draw
+    if n_spans > len(sentinels):
+        raise ValueError(f"out of sentinels: a sequence of {len(tokens)} tokens gets {n_spans} noise spans "
+                         f"but only {len(sentinels)} sentinels were given")
     mask = random_spans_noise_mask(len(tokens), noise_density, mean_span_length, rng)
     return apply_noise_mask(tokens, mask, sentinels)
 

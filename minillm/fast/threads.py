@@ -107,8 +107,9 @@ class _ColdStart(event.Listener):
         self.told = set()
 
     def on_start(self, ev):
-        if not getattr(ev.data["dispatcher"].py_func, "__module__", "").startswith(__package__):
-            return   # Numba's own helpers, or the user's jit functions
+        module = getattr(getattr(ev.data.get("dispatcher"), "py_func", None), "__module__", None) or ""
+        if not module.startswith(__package__ + "."):
+            return   # Numba's own helpers, or the user's jit functions (some have no module at all)
         dtype = next((str(getattr(a, "dtype", a)) for a in ev.data["args"]
                       if isinstance(getattr(a, "dtype", a), types.Float)), None)
         if dtype is not None and dtype not in self.told:
