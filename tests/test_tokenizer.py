@@ -23,7 +23,7 @@ def test_special_ids_are_fixed_and_distinct(tok):
     assert [tok.id_to_token(i) for i in range(9)] == [
         "<pad>", "<bos>", "<eos>", "<sep>", "<extra_id_0>", "<extra_id_1>",
         "<extra_id_2>", "<extra_id_3>", "<extra_id_4>"]
-    assert all(tok.is_special(i) for i in range(9)) and not tok.is_special(9)
+    assert tok.n_special == 9
 
 
 @given(st.text())
@@ -58,8 +58,7 @@ def test_word_round_trip(words, sep):
 
 
 def test_word_specials_and_vocabulary():
-    tok = WordTokenizer.from_texts(["b a c", "a <eos> d"], n_sentinels=2)
-    assert tok.words == ["a", "b", "c", "d"]
+    tok = WordTokenizer(["a", "b", "c", "d"], n_sentinels=2)
     assert tok.vocab_size == 4 + 2 + 4
     assert tok.encode("<bos> a <extra_id_1>").tolist() == [1, 6, 5]
 
@@ -68,8 +67,6 @@ def test_word_errors():
     tok = WordTokenizer(WORDS, 2)
     with pytest.raises(ValueError, match=r"unknown word 'dog' at word index 3"):
         tok.encode("the pet is dog")
-    with pytest.raises(ValueError, match="empty corpus"):
-        WordTokenizer.from_texts(["", "   "])
     with pytest.raises(ValueError, match="duplicate"):
         WordTokenizer(["a", "b", "a"])
     with pytest.raises(ValueError, match="special"):
@@ -138,7 +135,6 @@ def test_file_sequences(tmp_path):
     seqs = list(file_sequences(path, btok, 16, chunk_bytes=7))
     assert [len(s) for s in seqs] == [16] * 9 + [1]
     assert btok.decode(np.concatenate(seqs)) == text
-    assert len(list(file_sequences(path, btok, 16, keep_tail=False))) == 9
 
 
 def test_file_errors(tmp_path):

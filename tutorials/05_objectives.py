@@ -174,7 +174,11 @@ for seed in range(5):
 # sequences: whole sentences packed up to 63 tokens.
 
 # %%
-x = world.pretraining_sequences(epoch=0)[0]
+def pretraining_sequences(epoch):  # the sentences of an epoch, packed greedily into rows of 63 tokens
+    return pack_sequences([tok.encode(s) for s in world.sentences(epoch)], world.config.seq_len)
+
+
+x = pretraining_sequences(epoch=0)[0]
 inputs, targets = O.span_corruption(x, tok.sentinel_ids, rng=1)
 print("original:", tok.decode(x))
 print("inputs:  ", tok.decode(inputs))
@@ -234,7 +238,7 @@ table = {}
 for arch, objective in pairs:
     seen = loss = 0
     for epoch in range(epochs):
-        seqs = world.pretraining_sequences(epoch)[: 40 if FAST else None]
+        seqs = pretraining_sequences(epoch)[: 40 if FAST else None]
         rng = np.random.default_rng(epoch)
         for start in range(0, len(seqs), 32):                     # batches of 32 sequences
             batch = make_batch(arch, objective, seqs[start:start + 32], tok, rng)

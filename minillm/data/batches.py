@@ -52,13 +52,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..engine.rng import as_rng
+from ..model.models import ARCHS  # re-exported: the one list of architectures
 from .objectives import corrupted_lengths, plm_split, span_corruption
 
 __all__ = ["IGNORE_INDEX", "ARCHS", "OBJECTIVES", "PAIRS", "PAPER_PAIRS", "Batch", "check_pair", "make_batch",
            "make_prompt_batch", "pack_sequences", "positions_needed", "longest_fitting"]
 
 IGNORE_INDEX = -100
-ARCHS = ("cd", "nd", "ed")
 OBJECTIVES = ("flm", "plm", "mlm")
 PAPER_PAIRS = (("cd", "flm"), ("cd", "mlm"), ("nd", "plm"), ("nd", "mlm"), ("ed", "plm"), ("ed", "mlm"))
 PAIRS = tuple((a, o) for a in ARCHS for o in OBJECTIVES if (a, o) != ("ed", "flm"))
@@ -224,8 +224,6 @@ def make_batch(arch: str, objective: str, sequences: Sequence, tokenizer, rng=No
     arch, objective = check_pair(arch, objective)
     tok = tokenizer
     seqs = [_as_seq(x, i) for i, x in enumerate(sequences)]
-    if not seqs:
-        raise ValueError("empty batch: no sequences given")
     if pack:
         if objective != "flm":
             raise ValueError(f"pack=True is only for objective 'flm', got {objective!r}")

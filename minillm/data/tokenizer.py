@@ -21,6 +21,7 @@ batch builders read nothing else.
 from __future__ import annotations
 
 import codecs
+import itertools
 import os
 import re
 from typing import Iterable, Iterator
@@ -57,9 +58,6 @@ class Tokenizer:
 
     # subclasses define: vocab_size, encode, decode, encode_file (ids of a UTF-8 file, one
     # array per chunk read), _regular_name, _payload
-    def is_special(self, token_id: int) -> bool:
-        return 0 <= int(token_id) < self.n_special
-
     def id_to_token(self, token_id: int) -> str:
         token_id = int(token_id)
         if not 0 <= token_id < self.vocab_size:
@@ -105,19 +103,12 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids, skip_special: bool = False, errors: str = "replace") -> str:
         """Bytes back to text; special ids become their names (or vanish if
         ``skip_special``). Byte runs that are not valid UTF-8 use ``errors``."""
-        ids = self._check_ids(ids)
-        pieces, run = [], bytearray()
-        for t in ids.tolist():
-            if t >= self.n_special:
-                run.append(t - self.n_special)
-                continue
-            if run:
-                pieces.append(run.decode("utf-8", errors=errors))
-                run = bytearray()
-            if not skip_special:
-                pieces.append(self._special_names[t])
-        if run:
-            pieces.append(run.decode("utf-8", errors=errors))
+        pieces = []
+        for special, run in itertools.groupby(self._check_ids(ids).tolist(), lambda t: t < self.n_special):
+            if not special:
+                pieces.append(bytes(t - self.n_special for t in run).decode("utf-8", errors=errors))
+            elif not skip_special:
+                pieces += [self._special_names[t] for t in run]
         return "".join(pieces)
 
     def encode_file(self, path, chunk_bytes: int = 1 << 20):
@@ -135,32 +126,16 @@ class WordTokenizer(Tokenizer):
 
     def __init__(self, words: Iterable[str], n_sentinels: int = 32):
         super().__init__(n_sentinels)
-        self.words = []
-        for w in words:
+        self.words, self._index = list(words), dict(self._special_index)
+        for i, w in enumerate(self.words):
             if not isinstance(w, str) or not w or len(w.split()) != 1 or w != w.strip():
                 raise ValueError(f"vocabulary entries must be non-empty words without spaces, got {w!r}")
             if w in self._special_index:
                 raise ValueError(f"vocabulary word {w!r} clashes with a special token name")
-            self.words.append(w)
-        if len(set(self.words)) != len(self.words):
-            dup = next(w for w in self.words if self.words.count(w) > 1)
-            raise ValueError(f"duplicate vocabulary word {dup!r}")
-        self._index = dict(self._special_index)
-        for i, w in enumerate(self.words):
+            if w in self._index:
+                raise ValueError(f"duplicate vocabulary word {w!r}")
             self._index[w] = self.n_special + i
         self.vocab_size = self.n_special + len(self.words)
-
-    @classmethod
-    def from_texts(cls, texts: Iterable[str], n_sentinels: int = 32) -> "WordTokenizer":
-        """Vocabulary = the sorted set of words in ``texts`` (special names excluded)."""
-        vocab = set()
-        for t in texts:
-            vocab.update(t.split())
-        specials = set(SPECIAL_TOKENS) | {sentinel_name(k) for k in range(n_sentinels)}
-        words = sorted(vocab - specials)
-        if not words:
-            raise ValueError("empty corpus: no words to build a vocabulary from")
-        return cls(words, n_sentinels)
 
     def _regular_name(self, token_id):
         return self.words[token_id - self.n_special]
@@ -240,10 +215,10 @@ def iter_text_file(path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
                 return
 
 
-def file_sequences(path, tokenizer: Tokenizer, length: int, chunk_bytes: int = 1 << 20,
-                   keep_tail: bool = True) -> Iterator[np.ndarray]:
+def file_sequences(path, tokenizer: Tokenizer, length: int,
+                   chunk_bytes: int = 1 << 20) -> Iterator[np.ndarray]:
     """Stream a UTF-8 file as consecutive id sequences of ``length`` tokens (the last one
-    shorter, unless ``keep_tail=False``). Raises ``ValueError`` for a file with no tokens."""
+    may be shorter). Raises ``ValueError`` for a file with no tokens."""
     length = int(length)
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
@@ -258,5 +233,5 @@ def file_sequences(path, tokenizer: Tokenizer, length: int, chunk_bytes: int = 1
         buf = buf[n_full * length :]
     if total == 0:
         raise ValueError(f"empty corpus: {os.fspath(path)} contains no tokens")
-    if keep_tail and len(buf):
+    if len(buf):
         yield buf

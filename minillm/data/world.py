@@ -5,13 +5,13 @@ multitask finetuning and zero-shot evaluation.
 One-token entities x 8 relations (colour, city, job, pet, food, sport, instrument,
 language) x up to 8 one-token values; 3 statement templates per relation, entity before
 value; about 5% filler sentences so that the words of the question frames are known;
-sentences packed greedily into sequences of at most ``seq_len`` tokens. The design was
+each sentence is a document (the trainer packs them, ``minillm.data.corpus``). The design was
 chosen because a small prototype showed that on such a world a toy model learns the
 facts and transfers to tasks on held-out relations.
 
     world = World("default", seed=0)
     world.tokenizer                          # WordTokenizer, pad/bos/eos/sep/sentinels
-    world.pretraining_sequences(epoch=0)     # list of int64 arrays (whole sentences)
+    world.sentences(epoch=0)                 # pretraining text: one epoch of sentences
     world.train_tasks, world.heldout_tasks   # Task objects, split by relation
     world.finetuning_examples(seed=0)        # (prompt ids, answer ids), training tasks only
     world.probes["pet"]                      # "the pet of X is a" -> the 8 pets
@@ -29,12 +29,12 @@ identical data. NumPy only.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .batches import pack_sequences
 from .tokenizer import WordTokenizer, sentinel_name
 
 __all__ = ["RELATIONS", "WorldConfig", "PRESETS", "Example", "Task", "World"]
@@ -113,7 +113,8 @@ FILLERS = (
 class WorldConfig:
     """Sizes of a world. ``mentions``: statements of each fact per epoch of pretraining
     text; ``max_examples``: cap per task and template (``<rel>_qa`` always has one per
-    entity)."""
+    entity); ``seq_len``: the width tests and tutorials pack the sentences to (a training
+    run packs them to its model's ``max_len`` instead)."""
 
     n_entities: int
     n_values: int = 8
@@ -209,7 +210,7 @@ class World:
             for e, k in zip(self.entities, idx):
                 self.facts[e, r] = self.values[r][k]
         words = vocab_words | set(self.entities) | {v for r in self.relations for v in self.values[r]}
-        self.tokenizer = WordTokenizer(sorted(words - self._specials(cfg)), n_sentinels=cfg.n_sentinels)
+        self.tokenizer = WordTokenizer(sorted(words), n_sentinels=cfg.n_sentinels)
         self.tasks = self._make_tasks()
         self.probes = {r: self._probe(r, mlm=False) for r in self.relations}
         self.mlm_probes = {r: self._probe(r, mlm=True) for r in self.relations}
@@ -232,19 +233,11 @@ class World:
         if not 0 <= cfg.filler_fraction < 1:
             raise ValueError(f"filler_fraction must be in [0, 1), got {cfg.filler_fraction}")
 
-    @staticmethod
-    def _specials(cfg):
-        return {"<pad>", "<bos>", "<eos>", "<sep>"} | {sentinel_name(k) for k in range(cfg.n_sentinels)}
-
     def _all_template_text(self):
-        slotless = []
-        templates = list(QA_TEMPLATES) + list(VERIFY_TEMPLATES) + list(COMPARE_TEMPLATES) + list(FILLERS)
-        for r in self.relations:
-            templates += list(RELATIONS[r].statements) + [RELATIONS[r].question]
-            slotless += [r]
-        for t in templates + list(YES_NO):
-            slotless.append(t.replace("{e}", " ").replace("{f}", " ").replace("{v}", " ").replace("{rel}", " "))
-        return slotless
+        """Every template, filler and relation name, with its slots blanked out."""
+        texts = QA_TEMPLATES + VERIFY_TEMPLATES + COMPARE_TEMPLATES + FILLERS + YES_NO + self.relations
+        texts += tuple(t for r in self.relations for t in RELATIONS[r].statements + (RELATIONS[r].question,))
+        return [re.sub(r"\{\w+\}", " ", t) for t in texts]
 
     def _encode(self, text):
         return tuple(int(i) for i in self.tokenizer.encode(text))
@@ -348,19 +341,8 @@ class World:
         out += [cycle[i % len(FILLERS)] for i in range(n_filler)]
         return [out[i] for i in rng.permutation(len(out))]
 
-    def pretraining_sequences(self, epoch: int = 0, seq_len: int = None) -> List[np.ndarray]:
-        """Sentences of one epoch packed greedily, in order, into int64 sequences of at
-        most ``seq_len`` tokens (default: the preset's); a sentence is never split."""
-        seq_len = self.config.seq_len if seq_len is None else int(seq_len)
-        sentences = self.sentences(epoch)
-        ids = [self.tokenizer.encode(s) for s in sentences]
-        for s, x in zip(sentences, ids):
-            if len(x) > seq_len:
-                raise ValueError(f"seq_len {seq_len} is shorter than a sentence ({len(x)} tokens): {s!r}")
-        return pack_sequences(ids, seq_len)
-
     def describe(self) -> str:
-        n_tok = sum(len(s) for s in self.pretraining_sequences())
+        n_tok = sum(len(self.tokenizer.encode(s)) for s in self.sentences())
         return (f"World(preset={self.preset!r}, seed={self.seed}): {len(self.entities)} entities x "
                 f"{len(self.relations)} relations x {self.config.n_values} values; train relations "
                 f"{self.train_relations}, held out {self.heldout_relations}; vocab "

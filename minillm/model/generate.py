@@ -28,7 +28,7 @@ from . import nn
 from ..engine.rng import as_rng
 from ..engine.tensor import no_grad
 
-__all__ = ["generate", "sample_next", "CachedDecoder"]
+__all__ = ["generate", "sample_next"]
 
 
 def sample_next(logits, temperature=0.0, top_k=None, rng=None):
@@ -49,39 +49,6 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None):
     return int(as_rng(rng).choice(len(p), p=p))
 
 
-class CachedDecoder:
-    """Incremental decoding for one model: ``start(...)`` feeds the first tokens, ``step(token)``
-    one more; both return the logits ``(V,)`` of the last position. With ``use_cache=False``
-    every call runs the model over the whole sequence instead."""
-
-    def __init__(self, model, use_cache=True):
-        self.model, self.use_cache = model, use_cache
-
-    def start(self, tokens, prefix_len=0, src=None):
-        """Feed the first tokens (1-D ids): for decoders ``[BOS] + prompt`` with ``prefix_len``
-        (ND), for ED ``[BOS]`` with the encoder input ``src``."""
-        self.cache = nn.KVCache() if self.use_cache else None
-        self.prefix_len = prefix_len if self.model.arch == "nd" else None
-        self.fed = np.asarray(tokens, dtype=np.int64)
-        if self.model.arch == "ed":
-            self.src = np.asarray(src, dtype=np.int64)[None]
-            with no_grad():
-                self.memory = self.model.encode(self.src)
-        return self._logits(self.fed)
-
-    def step(self, token):
-        self.fed = np.append(self.fed, np.int64(token))
-        return self._logits(self.fed[-1:] if self.use_cache else self.fed)
-
-    def _logits(self, ids):
-        with no_grad():
-            if self.model.arch == "ed":
-                out = self.model.decode(ids[None], self.memory, self.src, cache=self.cache)
-            else:
-                out = self.model(ids[None], self.prefix_len, cache=self.cache)
-        return out.data[0, -1]
-
-
 def generate(model, prompt, max_new_tokens=20, *, bos_id, eos_id=None, temperature=0.0,
              top_k=None, rng=None, src_eos=False, use_cache=True, return_logits=False):
     """Continue ``prompt`` (1-D ids) with up to ``max_new_tokens`` ids; stops after ``eos_id``
@@ -93,26 +60,36 @@ def generate(model, prompt, max_new_tokens=20, *, bos_id, eos_id=None, temperatu
     """
     prompt = np.asarray(prompt, dtype=np.int64).reshape(-1)
     rng = as_rng(rng)
-    src = None  # the model checks that the prompt fits max_len
+    src, memory = None, None  # the model checks that the prompt fits max_len
     if model.arch == "ed":
-        src = np.concatenate([prompt, [eos_id]]) if src_eos else prompt
-        if len(src) == 0:
+        src = (np.concatenate([prompt, [eos_id]]) if src_eos else prompt).astype(np.int64)[None]
+        if src.shape[1] == 0:
             raise ValueError("an encoder-decoder needs a non-empty prompt")
         fed = np.array([bos_id], dtype=np.int64)
     else:
         fed = np.concatenate([[bos_id], prompt]).astype(np.int64)
-    decoder = CachedDecoder(model, use_cache)
+    prefix_len = len(fed) if model.arch == "nd" else None
+    cache = nn.KVCache() if use_cache else None
+
+    def last_logits(ids):  # the new ids with a cache, else every id fed so far
+        if memory is not None:
+            return model.decode(ids[None], memory, src, cache=cache).data[0, -1]
+        return model(ids[None], prefix_len, cache=cache).data[0, -1]
+
     out, seen = [], []
-    with nn.eval_mode(model):
-        logits = decoder.start(fed, len(fed), src)
+    with nn.eval_mode(model), no_grad():
+        if src is not None:
+            memory = model.encode(src)
+        logits = last_logits(fed)
         for _ in range(max_new_tokens):
             seen.append(logits)
             token = sample_next(logits, temperature, top_k, rng)
             if eos_id is not None and token == eos_id:
                 break
             out.append(token)
-            if len(out) == max_new_tokens or len(decoder.fed) == model.config.max_len:
+            if len(out) == max_new_tokens or len(fed) == model.config.max_len:
                 break
-            logits = decoder.step(token)
+            fed = np.append(fed, np.int64(token))
+            logits = last_logits(fed[-1:] if use_cache else fed)
     out = np.asarray(out, dtype=np.int64)
     return (out, seen) if return_logits else out

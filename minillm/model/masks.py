@@ -75,10 +75,8 @@ def prefix(T, P):
     P = check_prefix_len(P, T)
     i = np.arange(T)[:, None]
     j = np.arange(T)[None, :]
-    if isinstance(P, int):
-        return (j <= i) | ((i < P) & (j < P))
-    Pb = P[:, None, None]
-    return (j <= i)[None] | ((i < Pb) & (j < Pb))
+    P = P if isinstance(P, int) else P[:, None, None]  # per example: (B, 1, 1), broadcast to (B, T, T)
+    return (j <= i) | ((i < P) & (j < P))
 
 
 def key_padding(tokens, pad_id):

@@ -98,6 +98,7 @@ class _Model(nn.Module):
         dt = np.dtype(config.dtype)
         self.dropout_rng = np.random.default_rng(rng.integers(2 ** 63))
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model, rng=rng, dtype=dt)
+        self.drop = nn.Dropout(config.dropout, self.dropout_rng)  # on the embeddings
         return dt
 
     def to(self, dtype):
@@ -176,7 +177,6 @@ class DecoderOnly(_Model):
         dt = self._common(config, rng)
         c = config
         self.pos_emb = nn.Embedding(c.max_len, c.d_model, rng=rng, dtype=dt)
-        self.drop = nn.Dropout(c.dropout, self.dropout_rng)
         self.blocks = [nn.DecoderBlock(c.d_model, c.n_heads, c.d_ff, c.n_layers, cross=False,
                                        dropout=c.dropout, rng=rng, dtype=dt, dropout_rng=self.dropout_rng)
                        for _ in range(c.n_layers)]
@@ -239,7 +239,6 @@ class EncoderDecoder(_Model):
         c, drng = config, self.dropout_rng
         self.enc_pos = nn.Embedding(c.max_len, c.d_model, rng=rng, dtype=dt)
         self.dec_pos = nn.Embedding(c.max_len, c.d_model, rng=rng, dtype=dt)
-        self.drop = nn.Dropout(c.dropout, drng)
         self.encoder = [nn.EncoderBlock(c.d_model, c.n_heads, c.d_ff, c.n_layers, c.dropout, rng, dt, drng)
                         for _ in range(c.n_layers)]
         self.enc_ln = nn.LayerNorm(c.d_model, dtype=dt)

@@ -125,9 +125,6 @@ class Module:
             p.grad = None
         return self
 
-    def astype(self, dtype):
-        return self.to(dtype)
-
     # ---- state dicts ------------------------------------------------------------------
     def state_dict(self):
         """name -> a copy of the parameter's array."""

@@ -111,8 +111,7 @@ def save_checkpoint(path, model, optimizer=None, *, step=0, tokens_seen=0, confi
         for buf, arrs in sd["buffers"].items():
             for i, a in enumerate(arrs):
                 arrays[f"optim/{buf}/{i}"] = np.ascontiguousarray(a)
-        optim_meta = {k: v for k, v in sd.items() if k != "buffers"}
-        optim_meta["buffers"] = {b: len(a) for b, a in sd["buffers"].items()}
+        optim_meta = {**sd, "buffers": {b: len(a) for b, a in sd["buffers"].items()}}
     meta = {
         "format": FORMAT, "version": VERSION,
         "step": int(step), "tokens_seen": int(tokens_seen),
@@ -235,10 +234,7 @@ def load_checkpoint(path):
         if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"] or zlib.crc32(np.ascontiguousarray(a).data) != info["crc32"]:
             raise CheckpointError(f"checkpoint {path}: array {key} is corrupt (shape, dtype or checksum differs)")
     model_state = {k[len("model/"):]: a for k, a in arrays.items() if k.startswith("model/")}
-    optimizer_state = None
-    om = meta.get("optimizer")
-    if om is not None:
-        optimizer_state = dict(om)
-        optimizer_state["buffers"] = {b: [arrays[f"optim/{b}/{i}"] for i in range(n)]
-                                      for b, n in om["buffers"].items()}
+    om = meta.get("optimizer")  # the optimiser's state dict, its buffers replaced by their lengths
+    optimizer_state = None if om is None else {**om, "buffers": {
+        b: [arrays[f"optim/{b}/{i}"] for i in range(n)] for b, n in om["buffers"].items()}}
     return Checkpoint(path, meta, model_state, optimizer_state)

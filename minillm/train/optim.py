@@ -42,8 +42,6 @@ def _named(params):
     if hasattr(params, "named_parameters"):
         return list(params.named_parameters())
     items = list(params)
-    if not items:
-        raise ValueError("optimizer got an empty parameter list")
     if all(isinstance(it, tuple) and len(it) == 2 for it in items):
         return [(str(n), p) for n, p in items]
     return [(None, p) for p in items]
@@ -69,6 +67,8 @@ class Optimizer:
         if decay not in ("auto", "all"):
             raise ValueError(f"decay must be 'auto' or 'all', got {decay!r}")
         named = _named(params)
+        if not named:
+            raise ValueError("optimizer got an empty parameter list")
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         for n, p in named:
@@ -193,19 +193,13 @@ class AdamW(Optimizer):
 
 # ---- gradient clipping -------------------------------------------------------------------
 
-def _params_list(params):
-    if hasattr(params, "parameters"):
-        return params.parameters()
-    return [p[1] if isinstance(p, tuple) else p for p in params]
-
-
 def grad_norm(params):
     """The global L2 norm of all gradients, treating missing gradients as zero. Each
     parameter's sum of squares is a dot product in the gradient's dtype (no copy); the sum
     over parameters is in float64."""
     total = 0.0
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported as an infinite norm
-        for p in _params_list(params):
+        for _, p in _named(params):
             if p.grad is not None:
                 g = p.grad.reshape(-1)
                 total += float(np.dot(g, g))
@@ -219,7 +213,7 @@ def clip_grad_norm(params, max_norm):
     are (the caller decides what to do; the trainer stops)."""
     if not max_norm > 0:
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
-    params = _params_list(params)
+    params = [p for _, p in _named(params)]
     norm = grad_norm(params)
     coef = max_norm / (norm + 1e-6)
     if math.isfinite(norm) and coef < 1.0:

@@ -313,9 +313,6 @@ class Trainer:
         return {"step": self.step, "tokens": self.tokens_seen, "loss": loss_value, "lr": lr,
                 "grad_norm": norm, "step_tokens": seen, "loss_tokens": n_loss}
 
-    def evaluate(self):
-        return evaluate_loss(self.model, self.val_batches)
-
     # ---- the loop --------------------------------------------------------------------------
     def fit(self, max_steps=None):
         """Train until ``cfg.tokens`` tokens have been seen (or ``max_steps`` steps in total).
@@ -350,7 +347,8 @@ class Trainer:
             restore_sigint()
 
     def _evaluate_and_log(self, progress):
-        result = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
+        result = {"step": self.step, "tokens": self.tokens_seen,
+                  **evaluate_loss(self.model, self.val_batches)}
         self.log(result)
         progress.write(f"step {self.step}: val loss {result['val_loss']:.4f}, "
                        f"ppl {result['val_ppl']:.2f}, acc {result['val_acc']:.3f}")
