@@ -6,5 +6,5 @@
     world.py       the synthetic world of the study: facts, statements, tasks, probes
     corpus.py      a run's documents (the world or a text file) and its stream of batches
 
-May import: NumPy, `minillm.engine.rng` (`as_rng`), and within this package only.
+May import: NumPy, `minillm.engine` (`rng.as_rng`) and `minillm.model` (`models.ARCHS`).
 """
