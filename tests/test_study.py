@@ -101,9 +101,9 @@ def test_tokens_to_reach_interpolates():
     assert study.tokens_to_reach(curve, 1.0) is None
     base = {"curve": curve, "tokens_seen": 300}
     adapted = {"final_val_loss": 4.0, "tokens_seen": 50}  # from scratch needed 150 tokens for that loss
-    assert results._speedup(base, adapted) == 3.0 and not results._speedup_is_bound(base, adapted)
+    assert results._speedup(base, adapted) == (3.0, False)
     better = {"final_val_loss": 1.0, "tokens_seen": 50}   # from scratch never got there: a lower bound
-    assert results._speedup(base, better) == 6.0 and results._speedup_is_bound(base, better)
+    assert results._speedup(base, better) == (6.0, True)
 
 
 def _summary(zero_shot, finetuned, nca_speedup=2.0):

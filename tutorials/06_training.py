@@ -29,7 +29,7 @@ import minillm as mm
 from minillm import functional as F
 from minillm import optim
 from minillm.data.batches import make_batch
-from minillm.study.evaluate import accuracy, random_baseline
+from minillm.study.evaluate import accuracy
 from minillm.model.generate import generate
 from minillm.train.trainer import TrainConfig, Trainer, load_corpus
 from minillm.data.world import World
@@ -169,7 +169,7 @@ for text in ["the pet of", world.probes["pet"].examples[0].text, world.probes["c
 # reading any zero-shot result.
 
 # %%
-print(f"{'relation':12s} {'probe accuracy':>15s}   (random {random_baseline(world.probes['pet'].examples):.0%})")
+print(f"{'relation':12s} {'probe accuracy':>15s}   (random {world.probes['pet'].random_baseline:.0%})")
 probe_acc = {}
 for relation, task in world.probes.items():
     probe_acc[relation] = accuracy(trained, "cd", task.examples, tok)

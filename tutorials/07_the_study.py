@@ -34,7 +34,8 @@ import minillm as mm
 from minillm import study as S
 from minillm.data.batches import PAPER_PAIRS, make_prompt_batch
 from minillm.train.checkpoint import load_checkpoint
-from minillm.study.evaluate import accuracy, random_baseline, rank_classify, score_completions, summarise
+from minillm.study.plan import unit_dir
+from minillm.study.evaluate import accuracy, rank_classify, score_completions, summarise
 from minillm.train.trainer import BatchStream, TrainConfig, load_corpus
 from minillm.data.world import World
 
@@ -203,7 +204,7 @@ for probes in (world.probes, world.mlm_probes):
     print(f"{p.text!r:45s} choices {[tok.decode(c) for c in p.choices]}  answer {tok.decode(p.target)!r}")
 probe_fresh = np.mean([accuracy(fresh, "cd", world.probes[r].examples, tok) for r in world.heldout_relations])
 print(f"untrained CD, probe on the held-out relations: {probe_fresh:.2f} "
-      f"(random {random_baseline(world.probes['pet'].examples):.2f})")
+      f"(random {world.probes['pet'].random_baseline:.2f})")
 
 # %% [markdown]
 # ## 7.5 Multitask finetuning
@@ -337,7 +338,7 @@ for name, r in results["units"].items():
 def trained(name):
     """The model a finished unit of our study saved."""
     unit = next(u for u in S.units(cfg) if u.name == name)
-    return load_checkpoint(os.path.join(out, "units", unit.dirname, "checkpoint.npz")).build_model()
+    return load_checkpoint(os.path.join(unit_dir(out, unit.name), "checkpoint.npz")).build_model()
 
 
 cd_flm = trained("pretrain/cd-flm/s0")

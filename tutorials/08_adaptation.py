@@ -38,7 +38,7 @@ import numpy as np
 import minillm as mm
 from minillm.data.batches import make_batch
 from minillm.train.checkpoint import load_checkpoint
-from minillm.study.run import tokens_to_reach
+from minillm.study import tokens_to_reach
 from minillm.train.trainer import TrainConfig, Trainer, load_corpus
 from minillm.data.world import World
 

@@ -35,11 +35,9 @@ def add_study_arguments(p):
 
 
 def run_study(args):
-    cfg = dataclasses.replace(PRESETS[args.preset])
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-        cfg.seeds = args.seeds
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    cfg = dataclasses.replace(PRESETS[args.preset], seeds=args.seeds or PRESETS[args.preset].seeds)
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     out = args.out or os.path.join("runs", f"study-{args.preset}")
@@ -78,11 +76,10 @@ def _claim(out, cfg, force):
     if os.path.exists(saved):
         with open(saved, encoding="utf-8") as f:
             old = json.load(f)
-        now = cfg.to_dict()
-        same = {**now, **old, "seeds": cfg.seeds} == now
-        if not same and not force:
-            raise UsageError(f"{out} holds a study of another config; use --force to start over or another --out")
-        if not same:
+        if {**cfg.to_dict(), **old, "seeds": cfg.seeds} != cfg.to_dict():
+            if not force:
+                raise UsageError(f"{out} holds a study of another config; "
+                                 "use --force to start over or another --out")
             shutil.rmtree(os.path.join(out, "units"), ignore_errors=True)
     os.makedirs(out, exist_ok=True)
     write_json_atomic(saved, cfg.to_dict())
@@ -105,9 +102,8 @@ def run_rank(args):
     if args.synthetic == bool(args.checkpoint):
         raise UsageError("give either a CHECKPOINT or --synthetic")
     if args.synthetic:
-        if args.n < 2 or args.d < 1:
-            raise UsageError(f"--n must be >= 2 and --d >= 1, got n={args.n}, d={args.d}")
-        rows = rank.synthetic(args.n, args.d, tuple(args.scales), rtol=args.rtol)
+        with usage_errors():  # n >= 2 and d >= 1
+            rows = rank.synthetic(args.n, args.d, tuple(args.scales), rtol=args.rtol)
         cols = ["scale", "kind", "numerical", "entropy", "stable"]
         title = f"attention of random Q, K (n={args.n}, d={args.d}); linear attention has rank <= d"
     else:

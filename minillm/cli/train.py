@@ -47,43 +47,38 @@ def add_config_arguments(parser, skip=("arch", "objective")):
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
-        kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-        if f.name in _CHOICES:
-            group.add_argument("--" + f.name, choices=_CHOICES[f.name], help=_CONFIG_HELP[f.name])
-        else:
-            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
-                               metavar="FILE" if f.name == "data" else f.name.upper(),
-                               help=_CONFIG_HELP.get(f.name, f.name.replace("_", " ")))
+        metavar = None if f.name in _CHOICES else "FILE" if f.name == "data" else f.name.upper()
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=f.type, metavar=metavar,
+                           choices=_CHOICES.get(f.name), help=_CONFIG_HELP.get(f.name, f.name.replace("_", " ")))
 
 
 def _read_config_file(path):
+    toml = path.endswith(".toml")
     try:
-        if path.endswith(".toml"):
-            import tomllib
-            with open(path, "rb") as f:
-                d = tomllib.load(f)
-        else:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
+        if toml:
+            import tomllib  # Python 3.11 and later
+        with open(path, "rb") as f:
+            d = (tomllib if toml else json).load(f)
     except FileNotFoundError:
         raise UsageError(f"config file {path!r} does not exist") from None
     except (OSError, ValueError) as e:
-        raise UsageError(f"config file {path!r} is not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {e}") from None
+        raise UsageError(f"config file {path!r} is not valid {'TOML' if toml else 'JSON'}: {e}") from None
     if not isinstance(d, dict):
         raise UsageError(f"config file {path!r} must hold an object of settings")
-    d.pop("model", None)   # a resolved config.json of another run can be reused as it is
-    d.pop("corpus", None)
-    return d
+    # a resolved config.json of another run can be reused as it is
+    return {k: v for k, v in d.items() if k not in ("model", "corpus")}
+
+
+def _flags(args):
+    """The TrainConfig fields given as flags: {name: value}."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if getattr(args, f.name, None) is not None}
 
 
 def config_from_args(args):
     """TrainConfig from (lowest first) defaults, the preset, ``--config`` and the flags;
     resolved and checked (a bad value is a UsageError)."""
-    values = _read_config_file(args.config) if getattr(args, "config", None) else {}
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+    values = {**(_read_config_file(args.config) if getattr(args, "config", None) else {}), **_flags(args)}
     try:
         return TrainConfig.from_dict(values, source=getattr(args, "config", None) or "settings").resolved()
     except (TypeError, ValueError) as e:
@@ -132,15 +127,11 @@ def run_train(args):
 
 def _resume(args):
     ck = open_checkpoint(args.out)
-    overrides = {}
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is None or v == ck.config.get(f.name):
-            continue
-        if f.name not in Trainer.RESUMABLE:
-            raise UsageError(f"cannot change {f.name} when resuming (the checkpoint has "
-                             f"{ck.config.get(f.name)!r}); start a new run with --out")
-        overrides[f.name] = v
+    overrides = {k: v for k, v in _flags(args).items() if v != ck.config.get(k)}
+    for k in overrides:
+        if k not in Trainer.RESUMABLE:
+            raise UsageError(f"cannot change {k} when resuming (the checkpoint has "
+                             f"{ck.config.get(k)!r}); start a new run with --out")
     if args.config:
         raise UsageError("--config cannot be used with --resume (the run's config is in its checkpoint)")
     with usage_errors():
@@ -207,7 +198,8 @@ def run_generate(args):
 def add_eval_arguments(p):
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.npz or a run directory")
     p.add_argument("--data", metavar="FILE", help="'world' or a text file (default: the run's own data)")
-    p.add_argument("--batches", type=int, default=None, metavar="N", help="validation batches (default: the run's)")
+    p.add_argument("--batches", dest="eval_batches", type=int, metavar="N",
+                   help="validation batches (default: the run's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -215,13 +207,8 @@ def run_eval(args):
     ck = open_checkpoint(args.checkpoint)
     if not ck.config:
         raise UsageError(f"checkpoint {ck.path} holds no run config")
-    with usage_errors():
-        values = dict(ck.config)
-        if args.data:
-            values["data"] = args.data
-        if args.batches is not None:
-            values["eval_batches"] = args.batches
-        cfg = TrainConfig.from_dict(values, source=ck.path).resolved()
+    with usage_errors():  # --data and --batches (eval_batches) over the run's own config
+        cfg = TrainConfig.from_dict({**ck.config, **_flags(args)}, source=ck.path).resolved()
         corpus = load_corpus(cfg)
         if corpus.tokenizer.to_dict() != ck.meta.get("tokenizer"):
             raise ValueError(f"checkpoint {ck.path} was trained with another tokenizer than data "
@@ -259,21 +246,22 @@ def run_describe(args):
             vocab, source = load_corpus(cfg).tokenizer.vocab_size, f"tokenizer of {cfg.data!r}"
         mc = ModelConfig(vocab_size=vocab, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
                          d_ff=cfg.d_ff, max_len=cfg.max_len, dropout=cfg.dropout)
-    if not args.json:
-        print(f"preset {cfg.preset}: vocab {vocab} ({source}), d_model {mc.d_model}, heads {mc.n_heads}, "
-              f"layers {mc.n_layers} (per stack for ed), d_ff {mc.d_ff}, max_len {mc.max_len}; "
-              f"budget {cfg.tokens:,} tokens seen")
-        print(f"{'arch':<5}{'parameters':>14}{'fwd FLOPs/token':>18}{'train FLOPs (3x fwd) for budget':>34}")
+    rows = []
     for arch in ARCHS:
         m = build_model(arch, mc, seed=0)
-        per_token = m.flops_per_token()
-        row = {"arch": arch, "parameters": m.num_parameters(), "forward_flops_per_token": per_token,
-               "train_flops_budget": 3 * per_token * cfg.tokens}
-        if args.json:
-            print(json.dumps(row))
-        else:
-            print(f"{arch:<5}{row['parameters']:>14,}{per_token:>18,.0f}{row['train_flops_budget']:>34.3e}")
-    if not args.json:
-        print("FLOPs count matrix products only (2 per multiply-add) at length max_len; ed counts source "
-              "and target tokens of length max_len each. Training costs about 3x the forward pass.")
+        rows.append({"arch": arch, "parameters": m.num_parameters(),
+                     "forward_flops_per_token": m.flops_per_token(),
+                     "train_flops_budget": 3 * m.flops_per_token() * cfg.tokens})
+    if args.json:
+        print("\n".join(json.dumps(row) for row in rows))
+        return 0
+    print(f"preset {cfg.preset}: vocab {vocab} ({source}), d_model {mc.d_model}, heads {mc.n_heads}, "
+          f"layers {mc.n_layers} (per stack for ed), d_ff {mc.d_ff}, max_len {mc.max_len}; "
+          f"budget {cfg.tokens:,} tokens seen")
+    print(f"{'arch':<5}{'parameters':>14}{'fwd FLOPs/token':>18}{'train FLOPs (3x fwd) for budget':>34}")
+    for r in rows:
+        print(f"{r['arch']:<5}{r['parameters']:>14,}{r['forward_flops_per_token']:>18,.0f}"
+              f"{r['train_flops_budget']:>34.3e}")
+    print("FLOPs count matrix products only (2 per multiply-add) at length max_len; ed counts source "
+          "and target tokens of length max_len each. Training costs about 3x the forward pass.")
     return 0

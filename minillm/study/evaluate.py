@@ -66,10 +66,5 @@ def summarise(per_template):
     return {"tasks": tasks, "mean": float(np.mean([t["mean"] for t in tasks.values()])) if tasks else float("nan")}
 
 
-def random_baseline(examples):
-    """Expected accuracy of picking a choice uniformly at random."""
-    return float(np.mean([1.0 / len(_get(e, "choices", 1)) for e in examples]))
-
-
 def _get(example, name, index):
     return getattr(example, name) if hasattr(example, name) else example[index]

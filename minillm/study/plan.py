@@ -69,10 +69,6 @@ class Unit:
     label: str = ""       # the row of the table
 
     @property
-    def dirname(self):
-        return self.name.replace("/", "_")
-
-    @property
     def objectives(self):
         """Every objective the unit's weights are trained with (an adaptation's: two)."""
         name = self.name.split("/")[1]
@@ -99,7 +95,7 @@ def label(pair):
 
 
 def unit_dir(out, name):
-    """The directory of unit `name` (its `dirname`) in study directory `out`."""
+    """The directory of unit `name` (`/` replaced by `_`) in study directory `out`."""
     return os.path.join(out, "units", name.replace("/", "_"))
 
 

@@ -47,6 +47,11 @@ def ranks(A, rtol=1e-6):
     return {"numerical": numerical_rank(A, rtol), "entropy": entropy_rank(A), "stable": stable_rank(A)}
 
 
+def _mean(rows):
+    """Each rank measure averaged over `rows` (dicts holding the three)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("numerical", "entropy", "stable")}
+
+
 def softmax_attention(logits, kind="bidirectional", prefix=0):
     """Row-softmax of an (n, n) logit matrix under a mask kind; a float64 probability matrix."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -76,7 +81,7 @@ def synthetic(n=64, d=8, scales=(0.01, 0.1, 1.0, 3.0), seeds=3, prefix=None, rto
     prefix = n // 2 if prefix is None else prefix
     rows = []
     for scale in scales:
-        acc = {}
+        per_kind = {}
         for seed in range(seeds):
             rng = np.random.default_rng(seed)
             Q, K = rng.standard_normal((n, d)), rng.standard_normal((n, d))
@@ -84,9 +89,8 @@ def synthetic(n=64, d=8, scales=(0.01, 0.1, 1.0, 3.0), seeds=3, prefix=None, rto
             mats = {kind: softmax_attention(logits, kind, prefix) for kind in ("bidirectional", "causal", "prefix")}
             mats["linear (control)"] = linear_attention(np.sqrt(scale) * Q, np.sqrt(scale) * K)
             for kind, A in mats.items():
-                for key, v in ranks(A, rtol).items():
-                    acc.setdefault(kind, {}).setdefault(key, []).append(v)
-        rows += [{"scale": scale, "kind": kind, **{k: float(np.mean(v)) for k, v in r.items()}} for kind, r in acc.items()]
+                per_kind.setdefault(kind, []).append(ranks(A, rtol))
+        rows += [{"scale": scale, "kind": kind, **_mean(r)} for kind, r in per_kind.items()]
     return rows
 
 
@@ -99,8 +103,8 @@ def attention_ranks(probs, rtol=1e-6):
     for layer, P in probs.items():
         P = np.asarray(P)
         for h in range(P.shape[1]):
-            per = [ranks(P[b, h], rtol) for b in range(P.shape[0])]
-            rows.append({"layer": layer, "head": h, **{k: float(np.mean([r[k] for r in per])) for k in per[0]}})
+            per_row = [ranks(P[b, h], rtol) for b in range(P.shape[0])]
+            rows.append({"layer": layer, "head": h, **_mean(per_row)})
     return rows
 
 
@@ -124,23 +128,17 @@ def model_ranks(model, sequences, rtol=1e-6):
     """
     tokens = np.asarray(sequences, dtype=np.int64)
     B, T = tokens.shape
-    rows = []
     if getattr(model, "arch", None) == "ed":
         probes = model.attention_probes(tokens, tokens)
         runs = {"bidirectional": {k: v for k, v in probes.items() if k.startswith("encoder")},
                 "causal": {k: v for k, v in probes.items() if k.endswith("self_attn")}}
     else:
-        arch = model.arch
-        runs = {}
+        arch, runs = model.arch, {}
         try:
             for mask, P in (("causal", 0), ("prefix", T // 2), ("bidirectional", T)):
                 model.arch = "nd"
                 runs[mask] = model.attention_probes(tokens, np.full(B, P))
         finally:
             model.arch = arch
-    for mask, probes in runs.items():
-        for layer, P in probes.items():
-            heads = attention_ranks({layer: P}, rtol)
-            mean = {k: float(np.mean([r[k] for r in heads])) for k in ("numerical", "entropy", "stable")}
-            rows.append({"mask": mask, "layer": layer, **mean, "n": T})
-    return rows
+    return [{"mask": mask, "layer": layer, **_mean(attention_ranks({layer: P}, rtol)), "n": T}
+            for mask, probes in runs.items() for layer, P in probes.items()]

@@ -38,29 +38,27 @@ def collect(cfg, out):
     rows = []
     for key in [f"{a}-{o}" for a, o in PAPER_PAIRS] + list(ADAPTATIONS):
         first = "adapt" if key in ADAPTATIONS else "pretrain"
-        pre = [res.get(f"{first}/{key}/s{s}") for s in range(cfg.seeds)]
-        fin = [res.get(f"finetune/{key}/s{s}") for s in range(cfg.seeds)]
-        any_r = next((r for r in pre + fin if r), None)
-        if any_r is None:
+        pre = [res[n] for n in (f"{first}/{key}/s{s}" for s in range(cfg.seeds)) if n in res]
+        fin = [res[n] for n in (f"finetune/{key}/s{s}" for s in range(cfg.seeds)) if n in res]
+        if not pre + fin:
             continue
-        row = {"row": any_r["label"] if key not in ADAPTATIONS else _adapt_label(key),
-               "key": key, "parameters": any_r["parameters"], "flops_per_token": any_r["flops_per_token"],
-               "zero_shot": _stat([r["heldout"]["mean"] for r in pre if r]),
-               "probe": _stat([r["probe"] for r in pre if r]),
-               "probe_prompt": _stat([r["probe_next"] for r in pre if r]),
-               "finetuned": _stat([r["heldout"]["mean"] for r in fin if r]),
-               "finetuned_train": _stat([r["train"]["mean"] for r in fin if r]),
-               "probe_finetuned": _stat([r["probe_next"] for r in fin if r])}
+        any_r = (pre + fin)[0]
+        mean = lambda runs, k: _stat([r[k] if k == "probe" else r[k]["mean"] for r in runs])  # noqa: E731
+        row = {"row": any_r["label"] if key not in ADAPTATIONS else _adapt_label(key), "key": key,
+               "parameters": any_r["parameters"], "flops_per_token": any_r["flops_per_token"],
+               "zero_shot": mean(pre, "heldout"), "probe": mean(pre, "probe"),
+               "probe_prompt": _stat([r["probe_next"] for r in pre]), "finetuned": mean(fin, "heldout"),
+               "finetuned_train": mean(fin, "train"), "probe_finetuned": _stat([r["probe_next"] for r in fin])}
         if key in ADAPTATIONS:
             base = ADAPTATIONS[key][3]
-            pairs = [(res.get(f"pretrain/{base[0]}-{base[1]}/s{s}"), res.get(f"adapt/{key}/s{s}")) for s in range(cfg.seeds)]
-            row["speedup"] = _stat([_speedup(b, a) for b, a in pairs])
-            row["speedup_is_lower_bound"] = any(_speedup_is_bound(b, a) for b, a in pairs)
+            speedups = [_speedup(res.get(f"pretrain/{base[0]}-{base[1]}/s{s}"), res.get(f"adapt/{key}/s{s}"))
+                        for s in range(cfg.seeds)]
+            row["speedup"] = _stat([sp for sp, _ in speedups])
+            row["speedup_is_lower_bound"] = any(bound for _, bound in speedups)
         rows.append(row)
-    some = next(iter(res.values()), None)
+    some = next(iter(res.values()), {})
     return {"config": cfg.to_dict(), "rows": rows, "units": res,
-            "heldout_baseline": some["heldout_baseline"] if some else None,
-            "probe_baseline": some["probe_baseline"] if some else None}
+            "heldout_baseline": some.get("heldout_baseline"), "probe_baseline": some.get("probe_baseline")}
 
 
 def _adapt_label(key):
@@ -82,21 +80,19 @@ def tokens_to_reach(curve, target):
 
 
 def _speedup(baseline, adapted):
-    """How many from-scratch tokens the adaptation was worth, per adaptation token.
+    """How many from-scratch tokens the adaptation was worth, per adaptation token, and
+    whether that is only a lower bound: ``(speed-up or None, is_lower_bound)``.
 
     The tokens the from-scratch run (same pair, same seed, same validation batches) needed to
     reach the adapted model's final validation loss, divided by the tokens of adaptation.
     Above 1, adapting was cheaper than training from scratch. If the from-scratch run never
-    got there, its whole budget is used and the ratio is a lower bound (`_speedup_is_bound`).
+    got there, its whole budget is used and the ratio is a lower bound.
     """
-    if not baseline or not adapted or not adapted["tokens_seen"]:
-        return None
+    if not baseline or not adapted:
+        return None, False
     need = tokens_to_reach(baseline["curve"], adapted["final_val_loss"])
-    return (need if need is not None else baseline["tokens_seen"]) / adapted["tokens_seen"]
-
-
-def _speedup_is_bound(baseline, adapted):
-    return bool(baseline and adapted) and tokens_to_reach(baseline["curve"], adapted["final_val_loss"]) is None
+    total = need if need is not None else baseline["tokens_seen"]
+    return (total / adapted["tokens_seen"] if adapted["tokens_seen"] else None), need is None
 
 
 def _fmt(stat, pct=True):

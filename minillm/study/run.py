@@ -8,6 +8,7 @@ rank classification, the training tasks, and the statement probes; the unit's
 `result.json` then marks it done, so a rerun skips it. `run_study` runs the unfinished
 units `jobs` at a time, each once its source has finished.
 """
+import dataclasses
 import json
 import os
 import time
@@ -15,7 +16,7 @@ import time
 import numpy as np
 
 from . import evaluate
-from .plan import StudyConfig, check_unit, is_done, result_path, unit_dir, units
+from .plan import check_unit, is_done, result_path, unit_dir, units
 from ..data.batches import make_prompt_batch
 from ..data.world import World
 from ..train.checkpoint import load_checkpoint, write_json_atomic
@@ -23,13 +24,6 @@ from ..train.trainer import Trainer, TrainConfig, load_corpus
 
 
 # ---- running one unit --------------------------------------------------------------------------
-
-def _train_config(cfg, unit, tokens, lr, **extra):
-    settings = dict(arch=unit.arch, objective=unit.objective, preset=cfg.preset, seed=unit.seed,
-                    world_seed=cfg.world_seed, world_preset=cfg.world, tokens=tokens, lr=lr, eval_every=cfg.eval_every,
-                    checkpoint_every=200)
-    return TrainConfig(**{**settings, **extra})
-
 
 class PromptStream:
     """Finetuning batches (prompt -> answer, loss on the answer only) as a pure function of
@@ -56,12 +50,14 @@ def make_trainer(cfg, unit, out, world, progress=False):
     """The unit's Trainer, ready to fit: resumed from the unit's own checkpoint if it has
     one, else starting from its source unit's weights (adaptation, finetuning) or from scratch."""
     d = unit_dir(out, unit.name)
-    if unit.stage == "finetune":
-        tcfg = _train_config(cfg, unit, cfg.finetune_tokens, cfg.finetune_lr, schedule="constant", warmup=0.0,
-                             dropout=cfg.finetune_dropout, batch_size=cfg.finetune_batch, eval_every=0)
-    else:
-        tcfg = _train_config(cfg, unit, cfg.pretrain_tokens if unit.stage == "pretrain" else cfg.adapt_tokens,
-                             cfg.lr[unit.objective])
+    tcfg = TrainConfig(arch=unit.arch, objective=unit.objective, preset=cfg.preset, seed=unit.seed,
+                       world_seed=cfg.world_seed, world_preset=cfg.world, lr=cfg.lr[unit.objective],
+                       tokens=cfg.pretrain_tokens if unit.stage == "pretrain" else cfg.adapt_tokens,
+                       eval_every=cfg.eval_every, checkpoint_every=200)
+    if unit.stage == "finetune":  # prompt -> answer batches (below) at a constant learning rate, with dropout
+        tcfg = dataclasses.replace(tcfg, tokens=cfg.finetune_tokens, lr=cfg.finetune_lr, schedule="constant",
+                                   warmup=0.0, dropout=cfg.finetune_dropout, batch_size=cfg.finetune_batch,
+                                   eval_every=0)
     corpus = load_corpus(tcfg.resolved())
     if os.path.exists(os.path.join(d, "checkpoint.npz")):
         trainer = Trainer.resume(d, corpus, progress=progress)
@@ -106,14 +102,11 @@ def run_unit(cfg, unit, out, progress=False):
 
 def _curve(log_path):
     """(tokens, validation loss) pairs of a run's log."""
-    points = []
-    if os.path.exists(log_path):
-        with open(log_path, encoding="utf-8") as f:
-            for line in f:
-                r = json.loads(line)
-                if "val_loss" in r:
-                    points.append([r["tokens"], r["val_loss"]])
-    return points
+    if not os.path.exists(log_path):
+        return []
+    with open(log_path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    return [[r["tokens"], r["val_loss"]] for r in records if "val_loss" in r]
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -132,11 +125,10 @@ def evaluate_model(model, arch, world, per_template, src_eos):
     tok = world.tokenizer
 
     def task_accuracy(tasks):
-        per = {}
-        for task in tasks:
-            per[task.name] = {i: evaluate.accuracy(model, arch, group[:per_template], tok, src_eos=src_eos)
-                              for i, group in enumerate(task.by_template()) if group}
-        return evaluate.summarise(per)
+        return evaluate.summarise({
+            task.name: {i: evaluate.accuracy(model, arch, group[:per_template], tok, src_eos=src_eos)
+                        for i, group in enumerate(task.by_template()) if group}
+            for task in tasks})
 
     def probe(kind):
         def examples(r):
@@ -163,11 +155,6 @@ def own_probe(result, objectives):
 
 # ---- running the study ---------------------------------------------------------------------------
 
-def _worker(args):
-    cfg_dict, unit, out = args
-    return run_unit(StudyConfig(**cfg_dict), unit, out)
-
-
 def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
     """Run every unfinished unit (or just `only`), `jobs` at a time; a unit starts when its source is done."""
     if only is not None:
@@ -180,7 +167,9 @@ def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
 
     def ended(u, r):
         finished.append(u)
-        log(f"[{time.strftime('%H:%M:%S')}] ({len(finished)}/{len(todo)}) {u.name} done in {r['seconds']:.0f}s: {_summary(r)}")
+        log(f"[{time.strftime('%H:%M:%S')}] ({len(finished)}/{len(todo)}) {u.name} done in {r['seconds']:.0f}s: "
+            f"val loss {r['final_val_loss']:.3f}, held-out {100 * r['heldout']['mean']:.1f}% "
+            f"(random {100 * r['heldout_baseline']:.1f}%), probe {100 * r['probe']:.0f}%")
 
     if jobs <= 1:
         for u in todo:
@@ -197,7 +186,7 @@ def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
                 if len(running) >= jobs:
                     break
                 pending.remove(u)
-                running[pool.submit(_worker, (cfg.to_dict(), u, out))] = u
+                running[pool.submit(run_unit, cfg, u, out)] = u
                 started(u)
             if not running:
                 raise ValueError(f"units {[u.name for u in pending]} wait for source units that have not finished")
@@ -205,8 +194,3 @@ def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
             for fut in done:
                 u = running.pop(fut)
                 ended(u, fut.result())
-
-
-def _summary(r):
-    return (f"val loss {r['final_val_loss']:.3f}, held-out {100 * r['heldout']['mean']:.1f}% "
-            f"(random {100 * r['heldout_baseline']:.1f}%), probe {100 * r['probe']:.0f}%")
