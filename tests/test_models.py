@@ -345,7 +345,9 @@ def test_flops_match_the_matmuls_actually_done(monkeypatch, arch):
         tokens = rng.integers(0, 17, (1, 6))
         assert count_matmul_flops(monkeypatch, lambda: m(tokens, 2 if arch == "nd" else None)) == m.forward_flops(6)
         assert m.flops_per_token(6) == m.forward_flops(6) / 6
-    assert f"{m.num_parameters():,} parameters" in repr(m) and "FLOPs/token" in m.describe()
+    assert f"{m.num_parameters():,} parameters" in repr(m)
+    with pytest.raises(TypeError, match="at most"):
+        m.forward_flops(3, 3, 3)
 
 
 def test_ed_compute_is_close_to_decoder_only():

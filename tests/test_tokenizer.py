@@ -97,18 +97,6 @@ def test_streaming_a_file_gives_the_same_text_and_ids(text, chunk, tmp_path_fact
     assert streamed.tolist() == tok.encode(text).tolist()
 
 
-@given(words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=40),
-       seps=st.lists(st.sampled_from([" ", "\n", "  "]), min_size=40, max_size=40),
-       chunk=st.integers(1, 7))
-def test_word_stream_never_cuts_a_word(words, seps, chunk, tmp_path_factory):
-    text = "".join(w + s for w, s in zip(words, seps)).rstrip()  # ends mid-word: carry path
-    path = tmp_path_factory.mktemp("w") / "t.txt"
-    path.write_text(text, encoding="utf-8")
-    tok = WordTokenizer(WORDS)
-    streamed = np.concatenate(list(tok.encode_file(path, chunk)))
-    assert streamed.tolist() == tok.encode(text).tolist()
-
-
 @pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
 @pytest.mark.parametrize("prefix,bad,offset", [
     (b"hello\nworld\n", b"\xff", 12),                 # a byte that never starts UTF-8
@@ -127,10 +115,6 @@ def test_file_sequences(tmp_path):
     path = tmp_path / "c.txt"
     text = "the pet of zorvel is a cat .\n" * 5
     path.write_text(text)
-    tok = WordTokenizer(WORDS)
-    seqs = list(file_sequences(path, tok, 8, chunk_bytes=5))
-    assert [len(s) for s in seqs] == [8, 8, 8, 8, 8]
-    assert np.concatenate(seqs).tolist() == tok.encode(text).tolist()
     btok = ByteTokenizer()
     seqs = list(file_sequences(path, btok, 16, chunk_bytes=7))
     assert [len(s) for s in seqs] == [16] * 9 + [1]
@@ -142,11 +126,3 @@ def test_file_errors(tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError, match="empty corpus.*empty.txt"):
         list(file_sequences(empty, ByteTokenizer(), 8))
-    blank = tmp_path / "blank.txt"
-    blank.write_text(" \n\n ")
-    with pytest.raises(ValueError, match="empty corpus.*blank.txt"):
-        list(file_sequences(blank, WordTokenizer(WORDS), 8))
-    unknown = tmp_path / "unknown.txt"
-    unknown.write_text("the pet of zorvel is a dog .")
-    with pytest.raises(ValueError, match=r"unknown word 'dog' at word index 6 of file .*unknown.txt"):
-        list(WordTokenizer(WORDS).encode_file(unknown, chunk_bytes=4))

@@ -81,7 +81,8 @@ print("input", x.shape, "-> output", y.shape)
 config = mm.ModelConfig(vocab_size=64, d_model=32, n_heads=4, n_layers=2, d_ff=128, max_len=32)
 models = {arch: mm.build_model(arch, config, seed=0) for arch in ("cd", "nd", "ed")}
 for arch, m in models.items():
-    print(m.describe())
+    print(f"{arch}: {type(m).__name__}, {m.num_parameters():,} parameters, "
+          f"{m.flops_per_token():,.0f} forward FLOPs/token at length {config.max_len}")
 
 # %% [markdown]
 # The paper compared models at matched *compute*, not matched parameters. The table

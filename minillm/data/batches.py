@@ -145,8 +145,9 @@ def _layout(arch, ctx, out, tok, src_eos):
     return tokens, None, targets, len(ctx)
 
 
-def _pad(rows, width, value):
-    out = np.full((len(rows), width), value, dtype=np.int64)
+def _pad(rows, value, width=None):
+    """Rows padded on the right with ``value`` to ``width`` (None: the longest row)."""
+    out = np.full((len(rows), max(map(len, rows)) if width is None else int(width)), value, dtype=np.int64)
     for b, r in enumerate(rows):
         out[b, : len(r)] = r
     return out
@@ -163,23 +164,15 @@ def _assemble(arch, objective, examples, tok, max_len, pad_to, prefix_on, what="
             raise ValueError(f"{what} {i} needs {detail} for {arch}:{objective} but max_len is {max_len}")
         if pad_to is not None and need > pad_to:
             raise ValueError(f"{what} {i} needs {need} positions, more than pad_to={pad_to}")
-
-    def width(rows):
-        return max(len(r) for r in rows) if pad_to is None else int(pad_to)
-
-    fed_a = [a for a, _, _, _ in examples]
-    targets = [t for _, _, t, _ in examples]
-    target_arr = _pad(targets, width(targets), IGNORE_INDEX)
-    loss_tokens = int((target_arr != IGNORE_INDEX).sum())
+    fed_a, fed_b, targets, context_lens = zip(*examples)
+    targets = _pad(targets, IGNORE_INDEX, pad_to)
+    loss_tokens = int((targets != IGNORE_INDEX).sum())
     if arch == "ed":
-        fed_b = [b for _, b, _, _ in examples]
-        return Batch(arch, objective, target_arr,
-                     src=_pad(fed_a, width(fed_a), tok.pad_id),
-                     tgt_in=_pad(fed_b, width(fed_b), tok.pad_id),
-                     tokens_seen=sum(map(len, fed_a)) + sum(map(len, fed_b)),
-                     loss_tokens=loss_tokens)
-    prefix = np.array([1 + c if prefix_on else 0 for _, _, _, c in examples], dtype=np.int64)
-    return Batch(arch, objective, target_arr, tokens=_pad(fed_a, width(fed_a), tok.pad_id),
+        return Batch(arch, objective, targets, src=_pad(fed_a, tok.pad_id, pad_to),
+                     tgt_in=_pad(fed_b, tok.pad_id, pad_to),
+                     tokens_seen=sum(map(len, fed_a)) + sum(map(len, fed_b)), loss_tokens=loss_tokens)
+    prefix = np.array([1 + c if prefix_on else 0 for c in context_lens], dtype=np.int64)
+    return Batch(arch, objective, targets, tokens=_pad(fed_a, tok.pad_id, pad_to),
                  prefix_len=prefix, tokens_seen=sum(map(len, fed_a)), loss_tokens=loss_tokens)
 
 
@@ -281,9 +274,8 @@ def positions_needed(arch: str, objective: str, length: int, noise_density: floa
 
 def longest_fitting(arch: str, objective: str, max_len: int, **kwargs) -> int:
     """The longest sequence length whose batches always fit in ``max_len`` positions."""
-    def fits(n):
-        need = positions_needed(arch, objective, n, **kwargs)
-        return max(need) <= max_len if isinstance(need, tuple) else need <= max_len
+    def fits(n):  # ED's source and target each within max_len
+        return np.max(positions_needed(arch, objective, n, **kwargs)) <= max_len
 
     n = 2
     if not fits(n):

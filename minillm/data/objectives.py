@@ -23,16 +23,6 @@ __all__ = ["as_rng", "noise_counts", "random_spans_noise_mask", "apply_noise_mas
            "corrupted_lengths", "plm_split"]
 
 
-def _check_noise_args(noise_density, mean_span_length):
-    density = float(noise_density)
-    if not 0.0 < density < 1.0:  # also rejects NaN
-        raise ValueError(f"noise_density must be in (0, 1), got {noise_density!r}")
-    mean = float(mean_span_length)
-    if not mean >= 1.0:  # also rejects NaN
-        raise ValueError(f"mean_span_length must be >= 1, got {mean_span_length!r}")
-    return density, mean
-
-
 def noise_counts(length: int, noise_density: float = 0.15, mean_span_length: float = 3.0):
     """T5's counts for a sequence of ``length`` tokens: ``(N, S)`` = (noise tokens, spans).
 
@@ -42,7 +32,11 @@ def noise_counts(length: int, noise_density: float = 0.15, mean_span_length: flo
     kept tokens ``n' - N``, since every kept part must be non-empty. The counts refer to
     ``n'``; for ``length < 2`` the truncated mask holds fewer noise tokens.
     """
-    density, mean = _check_noise_args(noise_density, mean_span_length)
+    density, mean = float(noise_density), float(mean_span_length)
+    if not 0.0 < density < 1.0:  # also rejects NaN
+        raise ValueError(f"noise_density must be in (0, 1), got {noise_density!r}")
+    if not mean >= 1.0:  # also rejects NaN
+        raise ValueError(f"mean_span_length must be >= 1, got {mean_span_length!r}")
     length = int(length)
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")

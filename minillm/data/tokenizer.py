@@ -15,15 +15,15 @@ batch builders read nothing else.
   (``<eos>``, ``<extra_id_3>``, ...) in the text map to their ids.
 - ``tok.to_dict()`` / ``tokenizer_from_dict(d)``: a JSON-ready dict (checkpoints store it).
 - ``iter_text_file(path)`` streams a UTF-8 file in chunks (invalid UTF-8 is a ``ValueError``
-  naming the file and the byte offset); ``tok.encode_file(path)`` streams ids and
-  ``file_sequences(path, tok, length)`` cuts the stream into training sequences.
+  naming the file and the byte offset); ``ByteTokenizer.encode_file(path)`` streams its ids and
+  ``file_sequences(path, tok, length)`` cuts the stream into training sequences (text files
+  are read byte-level: the word tokenizer serves the built-in world only).
 """
 from __future__ import annotations
 
 import codecs
 import itertools
 import os
-import re
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -32,7 +32,6 @@ __all__ = ["SPECIAL_TOKENS", "Tokenizer", "ByteTokenizer", "WordTokenizer", "tok
            "file_sequences"]
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<sep>")
-_TRAILING_WORD = re.compile(r"\S*\Z")
 
 
 def sentinel_name(k: int) -> str:
@@ -56,8 +55,7 @@ class Tokenizer:
         self._special_names = list(SPECIAL_TOKENS) + [sentinel_name(k) for k in range(n_sentinels)]
         self._special_index = {name: i for i, name in enumerate(self._special_names)}
 
-    # subclasses define: vocab_size, encode, decode, encode_file (ids of a UTF-8 file, one
-    # array per chunk read), _regular_name, _payload
+    # subclasses define: vocab_size, encode, decode, _regular_name, _payload
     def id_to_token(self, token_id: int) -> str:
         token_id = int(token_id)
         if not 0 <= token_id < self.vocab_size:
@@ -112,6 +110,7 @@ class ByteTokenizer(Tokenizer):
         return "".join(pieces)
 
     def encode_file(self, path, chunk_bytes: int = 1 << 20):
+        """Stream the ids of a UTF-8 file, one array per chunk read (a byte never spans two)."""
         for text in iter_text_file(path, chunk_bytes):
             yield self.encode(text)
 
@@ -140,7 +139,7 @@ class WordTokenizer(Tokenizer):
     def _regular_name(self, token_id):
         return self.words[token_id - self.n_special]
 
-    def encode(self, text: str, *, _first: int = 0, _where: str = "") -> np.ndarray:
+    def encode(self, text: str) -> np.ndarray:
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         words = text.split()
@@ -148,7 +147,7 @@ class WordTokenizer(Tokenizer):
         for k, w in enumerate(words):
             i = self._index.get(w)
             if i is None:
-                raise ValueError(f"unknown word {w!r} at word index {_first + k}{_where} (not in the vocabulary)")
+                raise ValueError(f"unknown word {w!r} at word index {k} (not in the vocabulary)")
             ids[k] = i
         return ids
 
@@ -156,19 +155,6 @@ class WordTokenizer(Tokenizer):
         ids = self._check_ids(ids)
         names = [self.id_to_token(t) for t in ids.tolist() if not (skip_special and t < self.n_special)]
         return " ".join(names)
-
-    def encode_file(self, path, chunk_bytes: int = 1 << 20):
-        """Stream ids; a word split across two chunks is carried over, never cut."""
-        carry, n_words, where = "", 0, f" of file {os.fspath(path)!r}"
-        for text in iter_text_file(path, chunk_bytes):
-            text = carry + text
-            cut = _TRAILING_WORD.search(text).start()  # it may continue in the next chunk
-            carry, text = text[cut:], text[:cut]
-            ids = self.encode(text, _first=n_words, _where=where)
-            n_words += len(ids)
-            yield ids
-        if carry:
-            yield self.encode(carry, _first=n_words, _where=where)
 
     def _payload(self):
         return {"words": self.words}
@@ -218,7 +204,8 @@ def iter_text_file(path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
 def file_sequences(path, tokenizer: Tokenizer, length: int,
                    chunk_bytes: int = 1 << 20) -> Iterator[np.ndarray]:
     """Stream a UTF-8 file as consecutive id sequences of ``length`` tokens (the last one
-    may be shorter). Raises ``ValueError`` for a file with no tokens."""
+    may be shorter), with a tokenizer that streams files (``ByteTokenizer``). Raises
+    ``ValueError`` for a file with no tokens."""
     length = int(length)
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")

@@ -91,7 +91,7 @@ def _check_tokens(tokens, name, config):
 
 
 class _Model(nn.Module):
-    """What every architecture shares: config, embeddings, dtype and reporting."""
+    """What every architecture shares: config, embeddings, dtype, FLOPs and attention probes."""
 
     def _common(self, config, rng):
         self.config = config
@@ -128,16 +128,30 @@ class _Model(nn.Module):
     def _logits(self, h):
         return h @ self.tok_emb.weight.T  # tied output layer
 
-    def _layer_flops(self, n_keys):
-        c = self.config
-        return 2 * 4 * c.d_model ** 2 + 2 * 2 * n_keys * c.d_model + 2 * 2 * c.d_model * c.d_ff
+    def _lengths(self, lengths):
+        """ED's ``[S, T]`` or a decoder's ``[T]``; lengths left out or None are max_len."""
+        n = 2 if self.arch == "ed" else 1
+        if len(lengths) > n:
+            raise TypeError(f"{type(self).__name__}: at most {n} lengths, got {lengths}")
+        return [self.config.max_len if x is None else x for x in lengths + (None,) * (n - len(lengths))]
+
+    def forward_flops(self, *lengths):
+        """Forward FLOPs for one sequence of length ``T`` (ED: a source of length ``S`` and a
+        target of length ``T``); lengths left out or None are max_len. Formula in the module doc."""
+        *src, T = self._lengths(lengths)
+        c, d, L = self.config, self.config.d_model, self.config.n_layers
+
+        def layer(n_keys):  # one token through one layer: projections, scores + mix, feed-forward
+            return 2 * 4 * d * d + 2 * 2 * n_keys * d + 2 * 2 * d * c.d_ff
+
+        flops = T * (L * layer(T) + 2 * d * c.vocab_size)  # a decoder stack and the output layer
+        for S in src:  # ED: the encoder, the memory's keys and values, cross-attention's q, out, scores, mix
+            flops += S * L * (layer(S) + 2 * 2 * d * d) + T * L * (2 * 2 * d * d + 2 * 2 * S * d)
+        return flops
 
     def flops_per_token(self, *lengths):
-        """``forward_flops(*lengths)`` per token seen, source and target tokens alike (ED's
-        ``S, T``; a decoder's ``T``); lengths left out or None are max_len."""
-        lengths += (None,) * ((2 if self.arch == "ed" else 1) - len(lengths))
-        lengths = [self.config.max_len if n is None else n for n in lengths]
-        return self.forward_flops(*lengths) / sum(lengths)
+        """``forward_flops(*lengths)`` per token seen, source and target tokens alike."""
+        return self.forward_flops(*lengths) / sum(self._lengths(lengths))
 
     def attention_probes(self, *args, **kwargs):
         """Run the model in eval mode without a graph; return {layer name: (B, H, T_q, T_k)
@@ -146,17 +160,6 @@ class _Model(nn.Module):
         with nn.eval_mode(self), no_grad(), nn.record_attention() as rec:
             self(*args, **kwargs)
         return {names[id(m)]: p for m, p in rec}
-
-    def describe(self):
-        c = self.config
-        flops = self.flops_per_token()
-        return (f"{type(self).__name__}(arch={self.arch!r}, vocab={c.vocab_size}, d_model={c.d_model}, "
-                f"heads={c.n_heads}, layers={c.n_layers}{' per stack' if self.arch == 'ed' else ''}, "
-                f"d_ff={c.d_ff}, max_len={c.max_len}, dropout={c.dropout}, dtype={c.dtype}): "
-                f"{self.num_parameters():,} parameters, "
-                f"{flops:,.0f} forward FLOPs/token at length {c.max_len}")
-
-    __repr__ = describe
 
 
 # ---- decoder-only: CD and ND -------------------------------------------------------------
@@ -192,32 +195,18 @@ class DecoderOnly(_Model):
             raise ValueError(f"DecoderOnly: arch must be 'cd' or 'nd', got {value!r}")
         self._arch = value
 
-    def mask(self, tokens, prefix_len=None):
-        """The (T, T) or (B, T, T) bool mask this model uses for `tokens` (B, T)."""
-        B, T = tokens.shape
-        if self.arch == "cd":
-            if prefix_len is not None and np.any(np.asarray(prefix_len) != 0):
-                raise ValueError(f"prefix_len must be 0 or None for a causal decoder ('cd'), got "
-                                 f"{prefix_len!r}; switch to 'nd' (model.arch = 'nd') for a prefix")
-            m = masks.causal(T)
-        else:
-            P = masks.check_prefix_len(0 if prefix_len is None else prefix_len, T, B)
-            m = masks.prefix(T, P)
-        return masks.combine(m, self._pad_keys(tokens))
-
     def forward(self, tokens, prefix_len=None, cache=None):
         tokens, fed, start = self._fed(tokens, "tokens", cache)
-        mask = self.mask(fed, prefix_len)[..., start:, :]
+        (B, T), P = fed.shape, 0 if prefix_len is None else prefix_len
+        if self.arch == "cd" and np.any(np.asarray(P) != 0):
+            raise ValueError(f"prefix_len must be 0 or None for a causal decoder ('cd'), got "
+                             f"{prefix_len!r}; switch to 'nd' (model.arch = 'nd') for a prefix")
+        m = masks.prefix(T, masks.check_prefix_len(P, T, B)) if self.arch == "nd" else masks.causal(T)
+        mask = masks.combine(m, self._pad_keys(fed))[..., start:, :]
         x = self.drop(self.tok_emb(tokens) + self.pos_emb.weight[start:fed.shape[1]])
         for block in self.blocks:
             x = block(x, mask=mask, cache=cache)
         return self._logits(self.ln_f(x))
-
-    def forward_flops(self, T=None):
-        """Forward FLOPs for one sequence of length T (default max_len); formula in the module doc."""
-        c = self.config
-        T = c.max_len if T is None else T
-        return T * (c.n_layers * self._layer_flops(T) + 2 * c.d_model * c.vocab_size)
 
 
 # ---- encoder-decoder: ED -------------------------------------------------------------------
@@ -272,16 +261,6 @@ class EncoderDecoder(_Model):
 
     def forward(self, src, tgt):
         return self.decode(tgt, self.encode(src), src)
-
-    def forward_flops(self, S=None, T=None):
-        """Forward FLOPs for one source of length S and one target of length T (defaults max_len)."""
-        c = self.config
-        S, T = (c.max_len if n is None else n for n in (S, T))
-        d, L = c.d_model, c.n_layers
-        encoder = S * L * self._layer_flops(S)
-        memory_kv = S * L * 2 * 2 * d * d
-        decoder = T * (L * (self._layer_flops(T) + 2 * 2 * d * d + 2 * 2 * S * d) + 2 * d * c.vocab_size)
-        return encoder + memory_kv + decoder
 
 
 # ---- construction ----------------------------------------------------------------------------

@@ -255,7 +255,8 @@ class MultiHeadAttention(Module):
     ``forward(x, memory=None, mask=None, cache=None)``: queries come from ``x`` (B, T, D); keys
     and values from ``memory`` (B, S, D) for cross-attention, or from ``x`` itself (S = T) for
     self-attention. ``mask`` is a bool array, True = query i may attend key j, of shape
-    ``(T, S)``, ``(B, T, S)`` or ``(B, 1, S)`` (key padding); the same mask serves every head.
+    ``(T, S)``, ``(B, T, S)`` or ``(B, 1, S)`` (key padding); the same mask serves every head
+    (this module adds the head axis; `F.attention` checks the mask).
     A query with no allowed key outputs zeros (before the output projection's bias).
     With a `KVCache`, self-attention keys ``S`` = the cached positions followed by ``x``'s, and
     cross-attention reuses the memory's keys and values from the first call.
@@ -273,16 +274,6 @@ class MultiHeadAttention(Module):
         self.attn_drop = Dropout(dropout, dropout_rng)
         self.resid_drop = Dropout(dropout, dropout_rng)
 
-    def _check_mask(self, mask, B, T, S):
-        mask = np.asarray(mask)
-        ok = mask.dtype == bool and (
-            (mask.ndim == 2 and mask.shape == (T, S))
-            or (mask.ndim == 3 and mask.shape[0] in (1, B) and mask.shape[1] in (1, T) and mask.shape[2] == S))
-        if not ok:
-            raise ValueError(f"attention: mask must be a bool array of shape ({T}, {S}), ({B}, {T}, {S}) "
-                             f"or ({B}, 1, {S}); got shape {mask.shape} dtype {mask.dtype}")
-        return mask[None, None] if mask.ndim == 2 else mask[:, None]  # add the head axis
-
     def _keys_values(self, x, memory, cache):
         if cache is None:
             src = x if memory is None else memory
@@ -298,11 +289,10 @@ class MultiHeadAttention(Module):
         return k, v
 
     def forward(self, x, memory=None, mask=None, cache=None):
-        B, T, D = x.shape
         q = self.q(x)
         k, v = self._keys_values(x, memory, cache)
-        if mask is not None:
-            mask = self._check_mask(mask, B, T, k.shape[1])
+        if np.ndim(mask) == 3:
+            mask = np.asarray(mask)[:, None]  # (B, T, S) -> (B, 1, T, S), broadcast over the heads
         drop = self.attn_drop.p if self.attn_drop.training else 0.0
         y, att = F.attention(q, k, v, self.n_heads, mask, dropout=drop, rng=self.attn_drop.rng)  # y (B, T, D)
         if _probes is not None:
