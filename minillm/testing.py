@@ -99,8 +99,7 @@ def broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=4):
                                              max_side=max_side).map(lambda r: r.input_shapes)
 
 
-@st.composite if st is not None else (lambda f: f)
-def broadcastable_pair(draw, dtype=np.float64, low=-3.0, high=3.0, max_dims=3):
-    """Two arrays whose shapes broadcast together."""
-    sa, sb = draw(broadcastable_shapes(2, max_dims=max_dims))
-    return draw(arrays(sa, dtype, low, high)), draw(arrays(sb, dtype, low, high))
+def broadcastable_pair(dtype=np.float64, low=-3.0, high=3.0, max_dims=3):
+    """Two arrays whose shapes broadcast together: a pair of shapes, then an array of each."""
+    return broadcastable_shapes(2, max_dims=max_dims).flatmap(
+        lambda s: st.tuples(arrays(s[0], dtype, low, high), arrays(s[1], dtype, low, high)))

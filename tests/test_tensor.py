@@ -466,6 +466,18 @@ def test_incompatible_shapes_are_refused_with_the_shapes():
         mm.Tensor(np.ones(2)).sum(axis=3)
 
 
+def test_bad_masks_and_where_shapes_are_refused_with_the_shapes():
+    x = mm.Tensor(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="softmax: mask must be a bool array .* float64"):
+        F.softmax(x, mask=np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"log_softmax \(mask, then input\): shapes \(4,\) and \(2, 3\)"):
+        F.log_softmax(x, mask=np.ones(4, bool), axis=0)
+    with pytest.raises(ValueError, match=r"attention \(mask, then input\): shapes \(3,\) and \(1, 1, 2, 2\)"):
+        F.attention(*[mm.Tensor(np.ones((1, 2, 4)))] * 3, n_heads=1, mask=np.ones(3, bool))
+    with pytest.raises(ValueError, match=r"where \(cond, x, y\): shapes \(2,\) and \(2, 3\) and \(\)"):
+        F.where(np.ones(2, bool), x, 0.0)
+
+
 def test_log_of_negative_is_nan_like_numpy():
     with np.errstate(invalid="ignore"):
         assert np.isnan(mm.Tensor(np.array([-1.0])).log().item())

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import kernels as K
 from .rng import as_rng
-from .tensor import Tensor
+from .tensor import Tensor, _broadcast_shape
 
 
 def _t(x):
@@ -15,15 +15,13 @@ def _t(x):
 
 
 def _check_mask(op, mask, shape):
+    """`mask` as a bool ndarray that broadcasts against `shape`, or None."""
     if mask is None:
         return None
     mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
     if mask.dtype != np.bool_:
         raise TypeError(f"{op}: mask must be a bool array (True = keep), got dtype {mask.dtype}")
-    try:
-        np.broadcast_shapes(mask.shape, shape)
-    except ValueError:
-        raise ValueError(f"{op}: mask of shape {mask.shape} does not broadcast to input of shape {shape}") from None
+    _broadcast_shape(f"{op} (mask, then input)", mask.shape, shape)
     return mask
 
 
@@ -32,12 +30,10 @@ def _along(op, x, axis, mask):
     if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{op}: axis {axis} is out of range for input of shape {x.shape}")
     axis %= x.ndim
-    if axis == x.ndim - 1:
-        same = lambda a: a  # noqa: E731
-        return x, mask, same, same
     to_last = lambda a: np.moveaxis(a, axis, -1)  # noqa: E731
     back = lambda a: np.moveaxis(a, -1, axis)  # noqa: E731
-    mask = None if mask is None else to_last(np.broadcast_to(mask, x.shape))
+    if mask is not None and axis != x.ndim - 1:   # on the last axis already, the mask need not be expanded
+        mask = to_last(np.broadcast_to(mask, x.shape))
     return np.ascontiguousarray(to_last(x)), mask, to_last, back
 
 
@@ -71,16 +67,16 @@ def layer_norm(x, weight, bias, eps=1e-5):
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and p.shape != (n,):
             raise ValueError(f"layer_norm: {name} has shape {p.shape}, expected ({n},) for input of shape {x.shape}")
-    w = None if weight is None else _t(weight)
-    b = None if bias is None else _t(bias)
-    y, mean, rstd = K.layer_norm(x.data, None if w is None else w.data, None if b is None else b.data, eps)
+    w, b = (None if p is None else _t(p) for p in (weight, bias))
+    wd, bd = (None if p is None else p.data for p in (w, b))
+    y, mean, rstd = K.layer_norm(x.data, wd, bd, eps)
+    given = [p is not None for p in (x, w, b)]   # weight and bias may be None: no parent, no gradient
 
     def vjp(g):
-        dx, dw, db = K.layer_norm_backward(g, x.data, None if w is None else w.data, mean, rstd)
-        return (dx,) + ((dw,) if w is not None else ()) + ((db,) if b is not None else ())
+        grads = K.layer_norm_backward(g, x.data, wd, mean, rstd)
+        return tuple(d for d, keep in zip(grads, given) if keep)
 
-    parents = (x,) + ((w,) if w is not None else ()) + ((b,) if b is not None else ())
-    return Tensor._op(y, parents, vjp)
+    return Tensor._op(y, tuple(p for p, keep in zip((x, w, b), given) if keep), vjp)
 
 
 def linear(x, weight, bias=None):
@@ -160,9 +156,9 @@ def embedding(ids, weight):
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     V = weight.shape[0]
-    if ids.size and (ids.min() < 0 or ids.max() >= V):
-        bad = ids[(ids < 0) | (ids >= V)][0]
-        raise IndexError(f"embedding: token id {bad} is outside [0, {V}) (ids of shape {ids.shape})")
+    bad = ids[(ids < 0) | (ids >= V)]
+    if bad.size:
+        raise IndexError(f"embedding: token id {bad[0]} is outside [0, {V}) (ids of shape {ids.shape})")
     w = _t(weight)
 
     def vjp(g):   # the rows of g summed by id (kernels.embedding_backward)
@@ -202,12 +198,9 @@ def where(cond, x, y):
     cond = np.asarray(cond.data if isinstance(cond, Tensor) else cond, dtype=bool)
     x = _t(x)
     y = x._lift(y)
-    try:
-        out = np.where(cond, x.data, y.data)
-    except ValueError:
-        raise ValueError(f"where: shapes {cond.shape}, {x.shape} and {y.shape} cannot be broadcast together") from None
+    _broadcast_shape("where (cond, x, y)", cond.shape, x.shape, y.shape)
+    out = np.where(cond, x.data, y.data)
     return Tensor._op(out, (x, y), lambda g: (np.where(cond, g, 0), np.where(cond, 0, g)))
-
 
 
 def cross_entropy(logits, targets, ignore_index=-100):

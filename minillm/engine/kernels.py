@@ -19,6 +19,7 @@ Importing this module also applies the allocator policy of `minillm/fast/memory.
 """
 import os
 from contextlib import contextmanager
+from functools import cache
 
 from ..fast import memory  # noqa: F401  (the allocator policy, applied on import)
 from . import reference
@@ -29,17 +30,11 @@ if _backend not in BACKENDS:
     raise ValueError(f"MINILLM_KERNELS must be one of {BACKENDS}, got {_backend!r}")
 
 
-_fast_module = None
-
-
+@cache   # the module, imported once: an import statement per op call costs ~1 us
 def _fast():
-    """The Numba backend, imported on first use (which compiles, or loads cached, kernels);
-    kept in a global: an import statement per op call costs ~1 us."""
-    global _fast_module
-    if _fast_module is None:
-        from ..fast import ops
-        _fast_module = ops
-    return _fast_module
+    """The Numba backend, imported on first use (which compiles, or loads cached, kernels)."""
+    from ..fast import ops
+    return ops
 
 
 def set_num_threads(n):
@@ -103,7 +98,6 @@ def attention_backward(q, k, v, n_heads, p, gy, keep=None):
     return _impl().attention_backward(q, k, v, n_heads, p, gy, keep)
 
 
-def add_bias(y, b): return _impl().add_bias(y, b)
 def sum_rows(g): return _impl().sum_rows(g)
 def embedding_backward(ids, g, num_embeddings): return _impl().embedding_backward(ids, g, num_embeddings)
 

@@ -8,7 +8,6 @@ import math
 import numpy as np
 
 
-
 def matmul(a, b):
     return np.matmul(a, b)
 
@@ -29,19 +28,12 @@ def weight_gradients(x, g):
     return x.T @ g, g.sum(axis=0)
 
 
-
-
-def _masked_max(x, mask):
-    """Row maxima over kept entries; 0 for rows that keep nothing (so subtracting it is harmless)."""
-    m = (x if mask is None else np.where(mask, x, -np.inf)).max(axis=-1, keepdims=True, initial=-np.inf)
-    return np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
-
-
 def _shifted(x, mask):
     """x minus its row maximum over kept entries, and -inf where masked (exp gives 0 there,
-    without overflowing on a large masked value)."""
-    z = x - _masked_max(x, mask)
-    return z if mask is None else np.where(mask, z, -np.inf).astype(x.dtype, copy=False)
+    without overflowing on a large masked value). A row that keeps nothing is shifted by 0."""
+    kept = x if mask is None else np.where(mask, x, -np.inf)
+    m = kept.max(axis=-1, keepdims=True, initial=-np.inf)
+    return kept - np.where(np.isfinite(m), m, 0)
 
 
 def softmax(x, mask=None):
@@ -59,12 +51,9 @@ def softmax_backward(y, dy):
 def log_softmax(x, mask=None):
     """x - max - log(sum(exp(x - max))) over kept entries; masked entries and empty rows are 0."""
     z = _shifted(x, mask)
-    e = np.exp(z)
-    s = e.sum(axis=-1, keepdims=True)
+    s = np.exp(z).sum(axis=-1, keepdims=True)
     out = z - np.log(np.where(s > 0, s, 1))
-    if mask is not None:
-        out = np.where(mask, out, 0)
-    return out.astype(x.dtype, copy=False)
+    return out if mask is None else np.where(mask, out, 0)
 
 
 def log_softmax_backward(y, dy, mask=None):

@@ -78,9 +78,7 @@ class Tensor:
         self.grad = None
         self._parents = ()
         self._vjp = None
-        self.requires_grad = False
-        if requires_grad:
-            self.requires_grad_()
+        self.requires_grad_(requires_grad)
 
     def requires_grad_(self, flag=True):
         if flag and self.data.dtype.kind != "f":
@@ -173,18 +171,12 @@ class Tensor:
     def detach(self):
         return Tensor(self.data)
 
-    def astype(self, dtype):
-        """A copy in another float dtype; gradients flow back, cast to the original dtype."""
-        src = self.dtype
-        return Tensor._op(self.data.astype(dtype), (self,), lambda g: (g.astype(src),))
-
     def _lift(self, other):
         """Turn an operand into a Tensor; Python scalars take this tensor's dtype (weak typing)."""
         if isinstance(other, Tensor):
             return other
-        if isinstance(other, (bool, int, float)) and self.dtype.kind == "f":
-            return Tensor(np.asarray(other, dtype=self.dtype))
-        return Tensor(np.asarray(other))
+        weak = isinstance(other, (bool, int, float)) and self.dtype.kind == "f"
+        return Tensor(np.asarray(other, dtype=self.dtype if weak else None))
 
     # ---- elementwise arithmetic (broadcasting; unbroadcast happens in backward) --------
     def _binary(self, other, name, fwd, vjp):
@@ -212,14 +204,11 @@ class Tensor:
         return self._binary(o, "pow", np.power,
                             lambda g, a, b: (g * b * a ** (b - 1), g * a ** b * np.log(np.where(a > 0, a, 1))))
 
-    def __radd__(self, o):
-        return self._lift(o) + self
+    __radd__ = __add__   # a + b == b + a, to the bit: no reflected version needed
+    __rmul__ = __mul__
 
     def __rsub__(self, o):
         return self._lift(o) - self
-
-    def __rmul__(self, o):
-        return self._lift(o) * self
 
     def __rtruediv__(self, o):
         return self._lift(o) / self
@@ -292,14 +281,13 @@ class Tensor:
             raise ValueError(f"axis {axis} is out of range or repeated for a tensor of shape {self.shape}")
         return tuple(sorted(a % self.ndim for a in axes))
 
-    def _expand(self, g, axes, keepdims):
-        """Give a reduced gradient its reduced axes back, so that it broadcasts against the input."""
-        return g if keepdims else np.expand_dims(g, axes)
-
+    # Both reductions keep the reduced axes (as size 1) and squeeze them unless `keepdims`: the
+    # gradient, reshaped to the kept shape, then broadcasts against the input.
     def sum(self, axis=None, keepdims=False):
         axes, shape = self._axes(axis), self.shape
-        out = self.data.sum(axis=axes, keepdims=keepdims)
-        return Tensor._op(out, (self,), lambda g: (np.broadcast_to(self._expand(g, axes, keepdims), shape),))
+        kept = self.data.sum(axis=axes, keepdims=True)
+        return Tensor._op(kept if keepdims else kept.squeeze(axes), (self,),
+                          lambda g: (np.broadcast_to(g.reshape(kept.shape), shape),))
 
     def mean(self, axis=None, keepdims=False):
         axes = self._axes(axis)
@@ -315,9 +303,9 @@ class Tensor:
 
         def vjp(g):
             hit = (x == m)
-            return (self._expand(g, axes, keepdims) * hit / hit.sum(axis=axes, keepdims=True),)
+            return (g.reshape(m.shape) * hit / hit.sum(axis=axes, keepdims=True),)
 
-        return Tensor._op(m if keepdims else np.squeeze(m, axis=axes), (self,), vjp)
+        return Tensor._op(m if keepdims else m.squeeze(axes), (self,), vjp)
 
     # ---- shape -----------------------------------------------------------------------
     def reshape(self, *shape):
@@ -341,10 +329,8 @@ class Tensor:
 
     def __getitem__(self, index):
         """Basic slices and integer arrays; repeated indices accumulate their gradients."""
-        if isinstance(index, Tensor):
-            index = index.data
-        elif isinstance(index, tuple):
-            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        plain = lambda i: i.data if isinstance(i, Tensor) else i  # noqa: E731
+        index = tuple(map(plain, index)) if isinstance(index, tuple) else plain(index)
         try:
             out = self.data[index]
         except IndexError as e:
