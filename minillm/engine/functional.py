@@ -21,7 +21,8 @@ def _check_mask(op, mask, shape):
     mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
     if mask.dtype != np.bool_:
         raise TypeError(f"{op}: mask must be a bool array (True = keep), got dtype {mask.dtype}")
-    _broadcast_shape(f"{op} (mask, then input)", mask.shape, shape)
+    if _broadcast_shape(f"{op} (mask, then input)", mask.shape, shape) != tuple(shape):   # a mask may not add axes
+        raise ValueError(f"{op}: mask of shape {mask.shape} would broadcast the input {tuple(shape)} to more axes")
     return mask
 
 
