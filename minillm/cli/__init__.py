@@ -17,17 +17,16 @@ The layers below report bad input as ``ValueError`` or ``OSError``; a command tu
 ``UsageError`` (``with usage_errors():``), which ``main`` prints on one line with exit code 2.
 ``train.py`` holds train, generate, eval and describe; ``study.py`` holds study and rank.
 **Adding a subcommand**: write ``add_NAME_arguments(parser)`` and ``run_NAME(args) -> int``
-there, then add one ``Command(...)`` line to ``commands()`` below.
+there, then add one line to ``commands()`` below.
 """
 import argparse
 import os
 import sys
 from contextlib import contextmanager
-from typing import Callable, NamedTuple
 
 from ..train.checkpoint import load_checkpoint
 
-__all__ = ["main", "Command", "commands", "UsageError", "usage_errors", "open_checkpoint"]
+__all__ = ["main", "commands", "UsageError", "usage_errors", "open_checkpoint"]
 
 
 class UsageError(Exception):
@@ -49,26 +48,20 @@ def open_checkpoint(path):
         return load_checkpoint(os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path)
 
 
-class Command(NamedTuple):
-    name: str
-    help: str
-    add_arguments: Callable  # (argparse.ArgumentParser) -> None
-    run: Callable            # (argparse.Namespace) -> int exit code
-
-
 def commands():
-    """Every subcommand, in the order ``--help`` lists them."""
+    """Every subcommand, in the order ``--help`` lists them: ``(name, help, add_arguments(parser),
+    run(args) -> exit code)``."""
     from . import study as s, train as t
     return [
-        Command("train", "train a model (new run, --resume or --force)", t.add_train_arguments, t.run_train),
-        Command("generate", "continue a prompt with a trained model", t.add_generate_arguments, t.run_generate),
-        Command("eval", "validation loss, perplexity and accuracy of a checkpoint", t.add_eval_arguments, t.run_eval),
-        Command("describe", "parameter counts and FLOPs of a config for cd, nd and ed",
-                t.add_describe_arguments, t.run_describe),
-        Command("study", "rerun the architecture x objective study of Wang et al. 2022 at toy scale",
-                s.add_study_arguments, s.run_study),
-        Command("rank", "why decoder-only? ranks of attention matrices (a checkpoint, or --synthetic)",
-                s.add_rank_arguments, s.run_rank),
+        ("train", "train a model (new run, --resume or --force)", t.add_train_arguments, t.run_train),
+        ("generate", "continue a prompt with a trained model", t.add_generate_arguments, t.run_generate),
+        ("eval", "validation loss, perplexity and accuracy of a checkpoint", t.add_eval_arguments, t.run_eval),
+        ("describe", "parameter counts and FLOPs of a config for cd, nd and ed",
+         t.add_describe_arguments, t.run_describe),
+        ("study", "rerun the architecture x objective study of Wang et al. 2022 at toy scale",
+         s.add_study_arguments, s.run_study),
+        ("rank", "why decoder-only? ranks of attention matrices (a checkpoint, or --synthetic)",
+         s.add_rank_arguments, s.run_rank),
     ]
 
 
@@ -85,10 +78,10 @@ def build_parser():
                      "(causal decoder, prefix decoder, encoder-decoder) on NumPy.")
     parser.add_argument("--version", action="version", version=f"minillm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for cmd in commands():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help[0].upper() + cmd.help[1:] + ".")
-        cmd.add_arguments(p)
-        p.set_defaults(_run=cmd.run)
+    for name, text, add_arguments, run in commands():
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        add_arguments(p)
+        p.set_defaults(_run=run)
     return parser
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import UsageError, open_checkpoint, usage_errors
 from ..study import rank
-from ..study.plan import PRESETS, check_unit, is_done, units
+from ..study.plan import PRESETS, is_done, units
 from ..study.results import collect, report, write_outputs
 from ..study.run import run_study as _run_study
 from ..train.checkpoint import write_json_atomic
@@ -47,9 +47,6 @@ def run_study(args):
             state = "done" if is_done(out, u.name) else "todo"
             print(f"{u.name:28s} {state:5s} minillm study --preset {args.preset} --seeds {cfg.seeds} --out {out} --unit {u.name}")
         return 0
-    if args.unit:
-        with usage_errors():
-            check_unit(cfg, args.unit)
     if not args.report:
         start = time.perf_counter()
         try:
@@ -114,11 +111,7 @@ def run_rank(args):
         rows = rank.model_ranks(model, seqs, args.rtol)
         cols = ["mask", "layer", "numerical", "entropy", "stable", "n"]
         title = f"attention of {args.checkpoint} ({model.arch}) on {len(seqs)} sequences of {seqs.shape[1]} tokens"
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        print(title)
-        print(rank.format_table(rows, cols))
+    print(json.dumps(rows, indent=1) if args.json else f"{title}\n{rank.format_table(rows, cols)}")
     return 0
 
 

@@ -18,24 +18,6 @@ from ..train.trainer import (PRESETS, Interrupted, NonFiniteLoss, Trainer, Train
 
 # ---- configuration from flags and files -------------------------------------------------------
 
-_CONFIG_HELP = {
-    "data": "'world' (the built-in synthetic world, default) or a UTF-8 text file",
-    "preset": "smoke | default | large: model size, token budget and world size",
-    "seed": "seed of the model's initial weights, the data order and dropout",
-    "world_seed": "seed of the built-in world's facts",
-    "tokens": "token budget: tokens seen (fed to the model), not tokens with a loss",
-    "batch_size": "rows per micro-batch",
-    "grad_accum": "micro-batches per optimiser step",
-    "max_len": "positions per row (each of source and target for ed)",
-    "n_layers": "layers (per stack for ed)",
-    "schedule": "learning-rate schedule after the linear warm-up",
-    "warmup": "warm-up as a fraction of the token budget",
-    "min_lr": "final learning rate of the cosine schedule, as a fraction of --lr",
-    "grad_clip": "clip the global gradient norm to this (0 = off)",
-    "eval_every": "steps between evaluations (0 = only at the end)",
-    "checkpoint_every": "steps between checkpoints (there is always one at the end)",
-}
-
 _CHOICES = {"preset": list(PRESETS), "schedule": list(Schedule.KINDS)}
 
 
@@ -49,7 +31,7 @@ def add_config_arguments(parser, skip=("arch", "objective")):
             continue
         metavar = None if f.name in _CHOICES else "FILE" if f.name == "data" else f.name.upper()
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=f.type, metavar=metavar,
-                           choices=_CHOICES.get(f.name), help=_CONFIG_HELP.get(f.name, f.name.replace("_", " ")))
+                           choices=_CHOICES.get(f.name), help=f.metadata.get("help", f.name.replace("_", " ")))
 
 
 def _read_config_file(path):
@@ -127,14 +109,10 @@ def run_train(args):
 
 def _resume(args):
     ck = open_checkpoint(args.out)
-    overrides = {k: v for k, v in _flags(args).items() if v != ck.config.get(k)}
-    for k in overrides:
-        if k not in Trainer.RESUMABLE:
-            raise UsageError(f"cannot change {k} when resuming (the checkpoint has "
-                             f"{ck.config.get(k)!r}); start a new run with --out")
     if args.config:
         raise UsageError("--config cannot be used with --resume (the run's config is in its checkpoint)")
-    with usage_errors():
+    overrides = {k: v for k, v in _flags(args).items() if v != ck.config.get(k)}
+    with usage_errors():  # a setting Trainer.RESUMABLE does not list cannot change
         trainer = Trainer.resume(args.out, progress=not args.no_progress, **overrides)
     if trainer.tokens_seen >= trainer.cfg.tokens:
         print(f"{args.out}: the run already saw its budget of {trainer.cfg.tokens:,} tokens; "
@@ -217,12 +195,10 @@ def run_eval(args):
         result = evaluate_loss(model, validation_batches(cfg, corpus))
     result = {"checkpoint": ck.path, "step": ck.step, "tokens_seen": ck.tokens_seen,
               "arch": cfg.arch, "objective": cfg.objective, "data": corpus.name, **result}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{ck.path} ({cfg.arch}:{cfg.objective}, step {ck.step}, {ck.tokens_seen:,} tokens seen) on "
-              f"{corpus.name}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
-              f"next-token accuracy {result['val_acc']:.3f} over {result['val_tokens']:,} tokens")
+    print(json.dumps(result) if args.json else
+          f"{ck.path} ({cfg.arch}:{cfg.objective}, step {ck.step}, {ck.tokens_seen:,} tokens seen) on "
+          f"{corpus.name}: val loss {result['val_loss']:.4f}, perplexity {result['val_ppl']:.2f}, "
+          f"next-token accuracy {result['val_acc']:.3f} over {result['val_tokens']:,} tokens")
     return 0
 
 

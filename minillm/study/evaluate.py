@@ -43,11 +43,8 @@ def rank_classify(model, arch, examples, tokenizer, batch_size=256, src_eos=Fals
     prompts = [p for p, cs in pairs for _ in cs]
     completions = [c for _, cs in pairs for c in cs]
     flat = score_completions(model, arch, prompts, completions, tokenizer, batch_size, src_eos)
-    preds, at = [], 0
-    for _, cs in pairs:
-        preds.append(int(np.argmax(flat[at:at + len(cs)])))
-        at += len(cs)
-    return np.array(preds, dtype=np.int64)
+    ends = np.cumsum([len(cs) for _, cs in pairs], dtype=np.int64)  # each example's choices end here in `flat`
+    return np.array([np.argmax(flat[end - len(cs):end]) for end, (_, cs) in zip(ends, pairs)], dtype=np.int64)
 
 
 def accuracy(model, arch, examples, tokenizer, **kwargs):

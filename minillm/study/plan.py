@@ -105,9 +105,3 @@ def result_path(out, name):
 
 def is_done(out, name):
     return os.path.exists(result_path(out, name))
-
-
-def check_unit(cfg, name):
-    """A ValueError unless `name` is a unit of the study."""
-    if all(u.name != name for u in units(cfg)):
-        raise ValueError(f"unknown unit {name!r}; see --list-units")

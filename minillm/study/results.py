@@ -194,15 +194,14 @@ def report(summary):
 
 def write_outputs(summary, out):
     write_json_atomic(os.path.join(out, "results.json"), {k: v for k, v in summary.items() if k != "units"})
+    cols = [(k, s) for k in ("probe", "zero_shot", "finetuned") for s in ("mean", "std")] + [("speedup", "mean")]
     with open(os.path.join(out, "results.csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["model", "parameters", "flops_per_token", "probe_mean", "probe_std", "zero_shot_mean",
-                    "zero_shot_std", "finetuned_mean", "finetuned_std", "speedup_mean", "n_seeds"])
+        w.writerow(["model", "parameters", "flops_per_token"] + [f"{k}_{s}" for k, s in cols] + ["n_seeds"])
         for r in summary["rows"]:
-            g = lambda k, s: "" if not r.get(k) else r[k][s]  # noqa: E731
-            w.writerow([r["row"], r["parameters"], r["flops_per_token"], g("probe", "mean"), g("probe", "std"),
-                        g("zero_shot", "mean"), g("zero_shot", "std"), g("finetuned", "mean"), g("finetuned", "std"),
-                        g("speedup", "mean"), (r.get("zero_shot") or r.get("finetuned") or {}).get("n", "")])
+            stats = [r[k][s] if r.get(k) else "" for k, s in cols]
+            w.writerow([r["row"], r["parameters"], r["flops_per_token"], *stats,
+                        (r.get("zero_shot") or r.get("finetuned") or {}).get("n", "")])
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(report(summary))
     _plots(summary, out)
@@ -221,7 +220,6 @@ def _plots(summary, out):
             t, loss = zip(*r["curve"])
             axes[0].plot(t, loss, label=f"{r['label']}{' (adapted)' if r['stage'] == 'adapt' else ''}")
     axes[0].set(xlabel="tokens seen", ylabel="validation loss (each in its own objective)", title="pretraining and adaptation, seed 0")
-    axes[0].legend(fontsize=7)
     rows = summary["rows"]
     x = np.arange(len(rows))
     for off, key, lab in ((-0.2, "zero_shot", "after pretraining"), (0.2, "finetuned", "after finetuning")):
@@ -232,7 +230,8 @@ def _plots(summary, out):
     axes[1].set_xticks(x, [r["row"].split(":")[0] if r["key"] in ADAPTATIONS else r["row"] for r in rows],
                        rotation=45, fontsize=7)
     axes[1].set(ylabel="held-out accuracy (%)", title="zero-shot, held-out tasks")
-    axes[1].legend(fontsize=7)
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "results.png"), dpi=120)
     plt.close(fig)

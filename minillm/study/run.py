@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from . import evaluate
-from .plan import check_unit, is_done, result_path, unit_dir, units
+from .plan import is_done, result_path, unit_dir, units
 from ..data.batches import make_prompt_batch
 from ..data.world import World
 from ..train.checkpoint import load_checkpoint, write_json_atomic
@@ -157,8 +157,8 @@ def own_probe(result, objectives):
 
 def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
     """Run every unfinished unit (or just `only`), `jobs` at a time; a unit starts when its source is done."""
-    if only is not None:
-        check_unit(cfg, only)
+    if only is not None and all(u.name != only for u in units(cfg)):
+        raise ValueError(f"unknown unit {only!r}; see --list-units")
     todo = [u for u in units(cfg) if (only is None or u.name == only) and not is_done(out, u.name)]
     finished = []
 
@@ -182,9 +182,7 @@ def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
     pending, running = list(todo), {}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         while pending or running:
-            for u in [u for u in pending if u.source is None or is_done(out, u.source)]:
-                if len(running) >= jobs:
-                    break
+            for u in [u for u in pending if u.source is None or is_done(out, u.source)][:jobs - len(running)]:
                 pending.remove(u)
                 running[pool.submit(run_unit, cfg, u, out)] = u
                 started(u)
@@ -192,5 +190,4 @@ def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
                 raise ValueError(f"units {[u.name for u in pending]} wait for source units that have not finished")
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for fut in done:
-                u = running.pop(fut)
-                ended(u, fut.result())
+                ended(running.pop(fut), fut.result())

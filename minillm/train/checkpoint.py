@@ -22,6 +22,7 @@ the file and what is wrong: not a checkpoint, truncated, corrupt, from another v
 model (arch, config, parameter names and shapes) and optimiser before it changes anything.
 No pickle anywhere: all metadata is JSON.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -52,32 +53,24 @@ def atomic_write(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
+        mask = os.umask(0)  # reading the umask means setting it; put it back at once
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
-    try:  # make the rename itself durable; not possible on every platform
+    with contextlib.suppress(OSError):  # make the rename itself durable; not possible on every platform
         dfd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    except OSError:
-        pass
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json_atomic(path, obj):
@@ -204,35 +197,32 @@ class Checkpoint:
 def load_checkpoint(path):
     """Read and verify a checkpoint; raises CheckpointError naming the file and the problem."""
     path = os.fspath(path)
+    fail = lambda what: CheckpointError(f"checkpoint {path}: {what}")  # noqa: E731
     if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    try:
+        raise fail("no such file")
+    try:  # a single .npy array fails here too (it is no context manager)
         with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise CheckpointError(f"checkpoint {path}: not a minillm checkpoint (a single .npy array, not an .npz)")
             arrays = {k: z[k] for k in z.files}
-    except CheckpointError:
-        raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zlib.error,
             NotImplementedError, UnicodeDecodeError, IndexError, TypeError) as e:  # what damaged zips raise
-        raise CheckpointError(f"checkpoint {path}: unreadable, truncated or corrupt ({type(e).__name__}: {e})") from None
+        raise fail(f"unreadable, truncated or corrupt ({type(e).__name__}: {e})") from None
     if "__meta__" not in arrays:
-        raise CheckpointError(f"checkpoint {path}: not a minillm checkpoint (no __meta__ entry)")
+        raise fail("not a minillm checkpoint (no __meta__ entry)")
     try:
         meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path}: corrupt metadata ({e})") from None
+        raise fail(f"corrupt metadata ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: not a minillm checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        raise fail(f"not a minillm checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path}: format version {meta.get('version')!r}, this minillm reads version {VERSION}")
+        raise fail(f"format version {meta.get('version')!r}, this minillm reads version {VERSION}")
     listed = meta.get("arrays", {})
     if set(listed) != set(arrays):
-        raise CheckpointError(f"checkpoint {path}: arrays {sorted(set(listed) ^ set(arrays))} missing or unexpected")
+        raise fail(f"arrays {sorted(set(listed) ^ set(arrays))} missing or unexpected")
     for key, info in listed.items():
-        a = arrays[key]
-        if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"] or zlib.crc32(np.ascontiguousarray(a).data) != info["crc32"]:
-            raise CheckpointError(f"checkpoint {path}: array {key} is corrupt (shape, dtype or checksum differs)")
+        a, crc = arrays[key], zlib.crc32(np.ascontiguousarray(arrays[key]).data)
+        if [list(a.shape), a.dtype.str, crc] != [info["shape"], info["dtype"], info["crc32"]]:
+            raise fail(f"array {key} is corrupt (shape, dtype or checksum differs)")
     model_state = {k[len("model/"):]: a for k, a in arrays.items() if k.startswith("model/")}
     om = meta.get("optimizer")  # the optimiser's state dict, its buffers replaced by their lengths
     optimizer_state = None if om is None else {**om, "buffers": {

@@ -47,12 +47,6 @@ def _named(params):
     return [(None, p) for p in items]
 
 
-def decays(name, param):
-    """The default rule for ``decay="auto"``: matrices decay; biases, LayerNorm weights and
-    embeddings (any name containing "emb") do not."""
-    return param.data.ndim >= 2 and (name is None or "emb" not in name)
-
-
 class Optimizer:
     """What every optimiser shares: the parameter list, zero_grad, step counting, state dicts.
 
@@ -74,8 +68,8 @@ class Optimizer:
         for n, p in named:
             if not getattr(p, "requires_grad", False):
                 raise ValueError(f"parameter {n or '?'} does not require grad")
-        self.decay = decay
-        self.decay_mask = [decay == "all" or decays(n, p) for n, p in named]
+        # decay="auto": matrices decay; biases, LayerNorm weights and embeddings (names holding "emb") do not
+        self.decay_mask = [decay == "all" or (p.data.ndim >= 2 and "emb" not in (n or "")) for n, p in named]
         self.t = 0  # number of steps taken
         self.state = {b: [np.zeros_like(p.data) for p in self.params] for b in self._buffers}
 

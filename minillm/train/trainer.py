@@ -45,65 +45,69 @@ __all__ = ["TrainConfig", "PRESETS", "Trainer", "NonFiniteLoss", "Interrupted", 
 
 # ---- configuration ---------------------------------------------------------------------------
 
+def _setting(default, help):
+    """A TrainConfig field whose ``help`` is its ``--flag``'s help text in the command line."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything that defines a run. ``preset`` fills any field left as None."""
 
     arch: str = "cd"
     objective: str = "flm"
-    data: str = "world"             # "world" (the built-in synthetic world) or a UTF-8 text file
-    preset: str = "default"         # smoke | default | large: model size, budget, world size
-    seed: int = 0                   # model initialisation, data order, dropout
-    world_seed: int = 0             # which world (facts) the built-in data describes
+    data: str = _setting("world", "'world' (the built-in synthetic world, default) or a UTF-8 text file")
+    preset: str = _setting("default", "smoke | default | large: model size, token budget and world size")
+    seed: int = _setting(0, "seed of the model's initial weights, the data order and dropout")
+    world_seed: int = _setting(0, "seed of the built-in world's facts")
     world_preset: str = None        # size of the built-in world (default: the same as preset)
     # model (vocab_size comes from the tokenizer)
     d_model: int = None
     n_heads: int = None
-    n_layers: int = None            # per stack for "ed"
+    n_layers: int = _setting(None, "layers (per stack for ed)")
     d_ff: int = None
-    max_len: int = None             # positions per row (each of source and target for "ed")
+    max_len: int = _setting(None, "positions per row (each of source and target for ed)")
     dropout: float = 0.0
     # optimisation
-    tokens: int = None              # budget: tokens seen
-    batch_size: int = None          # rows per micro-batch
-    grad_accum: int = 1             # micro-batches per optimiser step
+    tokens: int = _setting(None, "token budget: tokens seen (fed to the model), not tokens with a loss")
+    batch_size: int = _setting(None, "rows per micro-batch")
+    grad_accum: int = _setting(1, "micro-batches per optimiser step")
     lr: float = None
-    schedule: str = "cosine"        # constant | cosine | inverse_sqrt, after a linear warm-up
-    warmup: float = 0.05            # warm-up length as a fraction of the budget
-    min_lr: float = 0.1             # cosine floor as a fraction of lr
+    schedule: str = _setting("cosine", "learning-rate schedule after the linear warm-up")
+    warmup: float = _setting(0.05, "warm-up as a fraction of the token budget")
+    min_lr: float = _setting(0.1, "final learning rate of the cosine schedule, as a fraction of --lr")
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0          # max global gradient norm; 0 = no clipping
+    grad_clip: float = _setting(1.0, "clip the global gradient norm to this (0 = off)")
     # bookkeeping
     log_every: int = 10             # steps between log records
-    eval_every: int = 100           # steps between evaluations (0 = only at the end)
+    eval_every: int = _setting(100, "steps between evaluations (0 = only at the end)")
     eval_batches: int = 4
-    checkpoint_every: int = 200     # steps between checkpoints (always one at the end)
+    checkpoint_every: int = _setting(200, "steps between checkpoints (there is always one at the end)")
 
     def resolved(self):
-        """A copy with the preset's values filled in and every field checked."""
+        """A copy with the preset's values filled in and the run's settings checked (the model's
+        sizes are checked by ModelConfig, the schedule's kind by Schedule, when the trainer builds them)."""
         preset = PRESETS.get(self.preset)
         if preset is None:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         cfg = dataclasses.replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
         cfg.arch, cfg.objective = check_pair(cfg.arch, cfg.objective)
-        for name in ("d_model", "n_heads", "n_layers", "d_ff", "max_len", "tokens", "batch_size",
-                     "grad_accum", "log_every", "eval_batches", "checkpoint_every"):
+        # max_len too: the data reads it before ModelConfig does
+        for name in ("max_len", "tokens", "batch_size", "grad_accum", "log_every", "eval_batches",
+                     "checkpoint_every"):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
         if cfg.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {cfg.eval_every!r}")
         if not (cfg.lr > 0 and 0 <= cfg.warmup < 1 and 0 <= cfg.min_lr <= 1 and cfg.grad_clip >= 0):
             raise ValueError("need lr > 0, 0 <= warmup < 1, 0 <= min_lr <= 1 and grad_clip >= 0")
-        if cfg.schedule not in optim.Schedule.KINDS:
-            raise ValueError(f"schedule must be one of {optim.Schedule.KINDS}, got {cfg.schedule!r}")
         return cfg
 
     @classmethod
     def from_dict(cls, d, source="config"):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {unknown}")
         return cls(**d)
@@ -154,13 +158,12 @@ class Progress:
     def __init__(self, total, initial=0, enabled=True, every=10.0, stream=None):
         self.total, self.done, self.initial, self.enabled, self.every = total, initial, initial, enabled, every
         self.stream, self.bar, self.start, self.last = stream or sys.stderr, None, time.perf_counter(), 0.0
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-                self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True,
-                                dynamic_ncols=True, file=self.stream, smoothing=0.1)
-            except ImportError:  # the plain lines below
-                pass
+        try:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True, dynamic_ncols=True,
+                            file=self.stream, smoothing=0.1) if enabled else None
+        except ImportError:  # the plain lines below
+            pass
 
     def update(self, tokens, step, loss):
         self.done += tokens
@@ -174,10 +177,8 @@ class Progress:
                   f"ETA {(self.total - self.done) / max(rate, 1e-9) / 60:.1f} min", file=self.stream, flush=True)
 
     def write(self, text):
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        elif self.enabled:
-            print(text, file=self.stream, flush=True)
+        if self.enabled:
+            (print if self.bar is None else self.bar.write)(text, file=self.stream)
 
     def close(self):
         if self.bar is not None:
@@ -221,10 +222,8 @@ class Trainer:
         return None if self.out_dir is None else os.path.join(self.out_dir, name)
 
     def config_dict(self):
-        d = dataclasses.asdict(self.cfg)
-        d["model"] = dataclasses.asdict(self.model.config)
-        d["corpus"] = self.corpus.name
-        return d
+        return {**dataclasses.asdict(self.cfg), "model": dataclasses.asdict(self.model.config),
+                "corpus": self.corpus.name}
 
     def save(self):
         """Write the checkpoint (atomically) and the resolved config beside it."""
@@ -246,10 +245,12 @@ class Trainer:
         """Continue the run in ``out_dir`` from its checkpoint. ``overrides`` may change the
         fields in ``RESUMABLE`` (e.g. ``tokens`` to extend the budget, which also stretches
         the learning-rate schedule from here on), nothing else."""
-        bad = sorted(set(overrides) - set(cls.RESUMABLE))
-        if bad:
-            raise ValueError(f"cannot change {bad} when resuming; only {list(cls.RESUMABLE)}")
         ck = load_checkpoint(os.path.join(out_dir, "checkpoint.npz"))
+        bad = [f"{k} (the checkpoint has {ck.config.get(k)!r})"
+               for k in sorted(set(overrides) - set(cls.RESUMABLE))]
+        if bad:
+            raise ValueError(f"cannot change {', '.join(bad)} when resuming, only {list(cls.RESUMABLE)}; "
+                             "start a new run with --out")
         cfg = TrainConfig.from_dict({**ck.config, **overrides}, source=ck.path)
         if corpus is None:
             corpus = load_corpus(cfg.resolved())
@@ -257,7 +258,6 @@ class Trainer:
             raise ck.error("was trained with another tokenizer than this data gives")
         trainer = cls(cfg, corpus, out_dir, progress)
         ck.restore(trainer.model, trainer.opt, rngs={"dropout": trainer.model.dropout_rng})
-        trainer.opt.lr = trainer.schedule(ck.tokens_seen)
         trainer.step, trainer.tokens_seen = ck.step, ck.tokens_seen
         trainer.last_checkpoint_step = ck.step
         trainer._trim_log()
