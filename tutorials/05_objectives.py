@@ -40,7 +40,7 @@ from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_
 # %% [markdown]
 # ## 5.1 Text, tokens, special ids
 #
-# We use minillm's built-in synthetic world (`minillm.world`, the one the study runs on):
+# We use minillm's built-in synthetic world (`minillm.data.world`, the one the study runs on):
 # made-up people, one token each, with attributes (colour, city, job, pet, ...), stated
 # in plain sentences. Its `WordTokenizer` gives every word an id; before the words come
 # the special tokens, always at the same ids: `<pad>` 0, `<bos>` 1, `<eos>` 2, `<sep>` 3,

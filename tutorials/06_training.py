@@ -163,7 +163,7 @@ for text in ["the pet of", world.probes["pet"].examples[0].text, world.probes["c
 # %% [markdown]
 # Free generation is hard to score. The *statement probe* asks a sharper question: for
 # "the pet of X is a", which of the 4 possible pets does the model find most likely? That
-# is rank classification (`minillm.evaluate`): score `log p(choice | prompt)` for every
+# is rank classification (`minillm.study.evaluate`): score `log p(choice | prompt)` for every
 # choice and pick the best. Random guessing gets 25%. A model that learned the facts
 # scores near 100%; tutorial 7 shows why this probe is the first thing to check before
 # reading any zero-shot result.
@@ -192,7 +192,7 @@ print(f"mean {np.mean(list(probe_acc.values())):.0%}")
 #    optimiser steps a budget of `tokens` tokens seen takes with full rows (round up).
 # 3. **Score a completion yourself.** Write `completion_logprob(model, prompt, completion)`
 #    for a CD model: `sum log p(completion | [BOS] + prompt)` computed with one forward pass
-#    and `F.log_softmax`. Checked against `minillm.evaluate.score_completions`.
+#    and `F.log_softmax`. Checked against `minillm.study.evaluate.score_completions`.
 
 # %%
 def initial_loss(vocab_size):

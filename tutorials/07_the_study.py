@@ -149,7 +149,7 @@ print(f"ed: src {tok.decode(b.src[0])}\n    tgt_in {[tok.decode(r) for r in b.tg
       f"targets {[tok.decode(r) for r in b.targets]}")
 
 # %% [markdown]
-# The functions of `minillm.evaluate` build on each other: `score_completions` scores
+# The functions of `minillm.study.evaluate` build on each other: `score_completions` scores
 # (prompt, completion) pairs, `rank_classify` picks a choice per example, `accuracy`
 # compares with the answers, and `summarise` averages per task over templates and then
 # over tasks. Here they are on an *untrained* CD model: its answers are guesses, which is

@@ -27,7 +27,7 @@
 #
 # Claims like this deserve numbers. This tutorial checks the exact parts exactly, then
 # measures how close to low rank the matrices really get, and finds that the answer
-# depends on the scale of the logits. We use `minillm.rank`, which holds the three rank
+# depends on the scale of the logits. We use `minillm.study.rank`, which holds the three rank
 # measures and a synthetic experiment with a control.
 
 # %%
