@@ -7,7 +7,7 @@ The layers, bottom to top; each may import only the layers below it:
     data/     tokenizers, the three objectives, batches, the synthetic world
     train/    optimisers, checkpoints, the training loop
     study/    the architecture x objective study, rank classification, attention ranks
-    cli.py    the `minillm` command;  testing.py  gradcheck and hypothesis strategies
+    cli/      the `minillm` command;  testing.py  gradcheck and hypothesis strategies
 
 `fast/` holds the Numba kernels behind the engine's hot ops, off the reading path.
 README.md ("Read the code") gives the reading order.

@@ -191,3 +191,9 @@ def test_mismatched_optimizer_refused_before_touching_model(tmp_path):
     with pytest.raises(CheckpointError, match="optimiser"):
         load_checkpoint(path).restore(model, sgd)
     assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_single_npy_array_is_named_as_such(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones(3))
+    with pytest.raises(CheckpointError, match=r"x\.npy: .*a single \.npy array, not an \.npz"):
+        load_checkpoint(tmp_path / "x.npy")

@@ -100,3 +100,16 @@ def test_sample_next():
     assert len(set(a)) == 1  # the same seed draws the same token
     with pytest.raises(ValueError):
         sample_next(logits, -1.0)
+
+
+def test_a_refused_cached_call_leaves_the_cache_as_it_was():
+    """A call the model refuses (here a prefix for a causal decoder) must not half-update the
+    cache: the next call continues as if the refused one never happened."""
+    from minillm.model.nn import KVCache
+    model = build_model("cd", ModelConfig(vocab_size=16, d_model=8, n_heads=2, n_layers=1, d_ff=16, max_len=8))
+    ids = np.array([[1, 5, 6, 7]])
+    cache = KVCache()
+    model(ids[:, :3], cache=cache)
+    with pytest.raises(ValueError, match="prefix_len"):
+        model(ids[:, 3:], prefix_len=2, cache=cache)
+    np.testing.assert_allclose(model(ids[:, 3:], cache=cache).data[0, -1], model(ids).data[0, -1], rtol=1e-5, atol=1e-6)

@@ -113,7 +113,8 @@ class _Model(nn.Module):
 
     def _fed(self, tokens, name, cache):
         """(checked new ids, every id fed so far, position of the first new one): without a
-        cache the same ids and 0; with one, its ids followed by the new ones."""
+        cache the same ids and 0; with one, its ids followed by the new ones. The caller stores
+        them in the cache once every check has passed, so a refused call leaves it as it was."""
         tokens = _check_tokens(tokens, name, self.config)
         if cache is None:
             return tokens, tokens, 0
@@ -122,7 +123,6 @@ class _Model(nn.Module):
         if fed.shape[1] > self.config.max_len:
             raise ValueError(f"{name}: the cache would reach {fed.shape[1]} positions, more than "
                              f"max_len={self.config.max_len}")
-        cache.tokens = fed
         return tokens, fed, start
 
     def _logits(self, h):
@@ -203,6 +203,8 @@ class DecoderOnly(_Model):
                              f"{prefix_len!r}; switch to 'nd' (model.arch = 'nd') for a prefix")
         m = masks.prefix(T, masks.check_prefix_len(P, T, B)) if self.arch == "nd" else masks.causal(T)
         mask = masks.combine(m, self._pad_keys(fed))[..., start:, :]
+        if cache is not None:
+            cache.tokens = fed
         x = self.drop(self.tok_emb(tokens) + self.pos_emb.weight[start:fed.shape[1]])
         for block in self.blocks:
             x = block(x, mask=mask, cache=cache)
@@ -251,6 +253,8 @@ class EncoderDecoder(_Model):
         tgt, fed, start = self._fed(tgt, "tgt", cache)
         if tgt.shape[0] != memory.shape[0]:
             raise ValueError(f"tgt has batch size {tgt.shape[0]} but src has {memory.shape[0]}")
+        if cache is not None:
+            cache.tokens = fed
         T = fed.shape[1]
         self_mask = masks.combine(masks.causal(T), self._pad_keys(fed))[..., start:, :]
         cross_mask = self._pad_keys(np.asarray(src))

@@ -255,8 +255,9 @@ class MultiHeadAttention(Module):
     ``forward(x, memory=None, mask=None, cache=None)``: queries come from ``x`` (B, T, D); keys
     and values from ``memory`` (B, S, D) for cross-attention, or from ``x`` itself (S = T) for
     self-attention. ``mask`` is a bool array, True = query i may attend key j, of shape
-    ``(T, S)``, ``(B, T, S)`` or ``(B, 1, S)`` (key padding); the same mask serves every head
-    (this module adds the head axis; `F.attention` checks the mask).
+    ``(T, S)``, ``(B, T, S)`` or ``(B, 1, S)`` (key padding), or anything that broadcasts to
+    ``(B, T, S)``; the same mask serves every head (this module adds the head axis to a 3-D
+    mask; `F.attention` checks it).
     A query with no allowed key outputs zeros (before the output projection's bias).
     With a `KVCache`, self-attention keys ``S`` = the cached positions followed by ``x``'s, and
     cross-attention reuses the memory's keys and values from the first call.

@@ -200,12 +200,16 @@ def load_checkpoint(path):
     fail = lambda what: CheckpointError(f"checkpoint {path}: {what}")  # noqa: E731
     if not os.path.exists(path):
         raise fail("no such file")
-    try:  # a single .npy array fails here too (it is no context manager)
-        with np.load(path, allow_pickle=False) as z:
+    npy = False
+    try:
+        with open(path, "rb") as f:
+            npy = f.read(6) == b"\x93NUMPY"
+        with np.load(path, allow_pickle=False) as z:   # (a .npy array is no context manager)
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zlib.error,
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zlib.error, AttributeError,
             NotImplementedError, UnicodeDecodeError, IndexError, TypeError) as e:  # what damaged zips raise
-        raise fail(f"unreadable, truncated or corrupt ({type(e).__name__}: {e})") from None
+        what = "a single .npy array, not an .npz" if npy else f"{type(e).__name__}: {e}"
+        raise fail(f"unreadable, truncated or corrupt ({what})") from None
     if "__meta__" not in arrays:
         raise fail("not a minillm checkpoint (no __meta__ entry)")
     try:
