@@ -1,6 +1,7 @@
 """``minillm study`` (the architecture x objective study, one unit or all) and ``minillm rank``
 (ranks of attention matrices, of random logits or of a checkpoint's model)."""
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +27,8 @@ def add_study_arguments(p):
     p.add_argument("--seeds", type=int, default=None, help="seeds per pair (default 1; 3 for error bars)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="units run in parallel processes, the cores split between them (default: %(default)s)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run the units on a Dask cluster: its scheduler's address "
+                   "(tcp://host:8786) or scheduler file; DIR must be on a file system the workers share")
     p.add_argument("--out", metavar="DIR", help="study directory (default runs/study-PRESET)")
     p.add_argument("--unit", metavar="NAME", help="run only this unit (its source unit must be finished)")
     p.add_argument("--list-units", action="store_true", help="print the units, in dependency order, and exit")
@@ -40,8 +43,10 @@ def run_study(args):
     cfg = dataclasses.replace(PRESETS[args.preset], seeds=args.seeds or PRESETS[args.preset].seeds)
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.dask and importlib.util.find_spec("distributed") is None:
+        raise UsageError('--dask needs Dask, which is not installed: pip install "dask[distributed]"')
     out = args.out or os.path.join("runs", f"study-{args.preset}")
-    _claim(out, cfg, args.force)
+    _use_directory(out, cfg, args.force)
     if args.list_units:
         for u in units(cfg):
             state = "done" if is_done(out, u.name) else "todo"
@@ -51,7 +56,7 @@ def run_study(args):
         start = time.perf_counter()
         try:
             with usage_errors():
-                _run_study(cfg, out, jobs=args.jobs, only=args.unit, progress=not args.no_progress,
+                _run_study(cfg, out, args.jobs, args.unit, not args.no_progress, dask=args.dask,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
         except (Interrupted, KeyboardInterrupt):
             print(f"study interrupted: finished units are kept and the unit in flight resumes from its "
@@ -66,7 +71,7 @@ def run_study(args):
     return 0
 
 
-def _claim(out, cfg, force):
+def _use_directory(out, cfg, force):
     """Make `out` the directory of study `cfg`: a UsageError if it holds a study of another
     config, unless `force` (then its units are deleted). Settings added since keep their defaults."""
     saved = os.path.join(out, "study.json")

@@ -5,12 +5,19 @@ else from its source unit's weights (adaptation, finetuning) or from scratch. Fi
 feeds prompt -> answer batches with the loss on the answer only, at a constant learning
 rate with dropout. After training, `evaluate_model` scores the held-out tasks zero-shot by
 rank classification, the training tasks, and the statement probes; the unit's
-`result.json` then marks it done, so a rerun skips it. `run_study` runs the unfinished
-units `jobs` at a time, each once its source has finished.
+`result.json` then marks it done, so a rerun skips it.
+
+Every runner claims a unit before running it (`run_claimed`, with the lock file of
+`minillm/train/lock.py` in the unit's directory), so two runners on one study directory
+(a retry, a second node, a job array) never run a unit twice: the second waits for the
+first's result, and takes the unit over if the first died. `run_study` runs the unfinished
+units `jobs` at a time in local processes, each once its source has finished, or as one
+task each on a Dask cluster (`dask=ADDRESS`), each task after its source's.
 """
 import dataclasses
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -19,7 +26,9 @@ from . import evaluate
 from .plan import is_done, result_path, unit_dir, units
 from ..data.batches import make_prompt_batch
 from ..data.world import World
+from ..engine import kernels
 from ..train.checkpoint import load_checkpoint, write_json_atomic
+from ..train.lock import claim
 from ..train.trainer import Trainer, TrainConfig, load_corpus
 
 
@@ -83,7 +92,6 @@ def source_state(out, source):
 def run_unit(cfg, unit, out, progress=False):
     """Train (or resume) and evaluate one unit; writes and returns its result dict."""
     start = time.perf_counter()
-    os.makedirs(unit_dir(out, unit.name), exist_ok=True)
     world = World(cfg.world, seed=cfg.world_seed)
     trainer = make_trainer(cfg, unit, out, world, progress)
     final = trainer.fit()
@@ -155,39 +163,80 @@ def own_probe(result, objectives):
 
 # ---- running the study ---------------------------------------------------------------------------
 
-def run_study(cfg, out, jobs=1, only=None, progress=True, log=print):
-    """Run every unfinished unit (or just `only`), `jobs` at a time; a unit starts when its source is done."""
+def run_claimed(cfg, unit, out, progress=False, poll=2.0):
+    """Run `unit` under its claim and return its result; while another runner holds the claim, wait
+    (checking every `poll` seconds) for that runner's result, or for its claim to go stale."""
+    while not is_done(out, unit.name):
+        os.makedirs(unit_dir(out, unit.name), exist_ok=True)
+        with claim(os.path.join(unit_dir(out, unit.name), "claim")) as mine:
+            if mine and not is_done(out, unit.name):
+                return run_unit(cfg, unit, out, progress)
+        time.sleep(poll)
+    with open(result_path(out, unit.name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _after_source(cfg, unit, out):
+    """Run `unit` under its claim once its source is done: waiting for the runner that holds the
+    source's claim, or running the source here if no one is (as the local processes do)."""
+    if unit.source:
+        _after_source(cfg, next(u for u in units(cfg) if u.name == unit.source), out)
+    return run_claimed(cfg, unit, out)
+
+
+def run_study(cfg, out, jobs=1, only=None, progress=True, log=print, dask=None):
+    """Run every unfinished unit (or just `only`, whose source must be done) in order in this process,
+    in `jobs` processes, or on the Dask cluster at address `dask`; a unit starts once its source is done."""
     if only is not None and all(u.name != only for u in units(cfg)):
         raise ValueError(f"unknown unit {only!r}; see --list-units")
     todo = [u for u in units(cfg) if (only is None or u.name == only) and not is_done(out, u.name)]
     finished = []
 
-    def started(u):
-        log(f"[{time.strftime('%H:%M:%S')}] {u.name} ...")
-
-    def ended(u, r):
-        finished.append(u)
-        log(f"[{time.strftime('%H:%M:%S')}] ({len(finished)}/{len(todo)}) {u.name} done in {r['seconds']:.0f}s: "
+    def ended(r):
+        finished.append(r)
+        log(f"[{time.strftime('%H:%M:%S')}] ({len(finished)}/{len(todo)}) {r['unit']} done in {r['seconds']:.0f}s: "
             f"val loss {r['final_val_loss']:.3f}, held-out {100 * r['heldout']['mean']:.1f}% "
             f"(random {100 * r['heldout_baseline']:.1f}%), probe {100 * r['probe']:.0f}%")
 
+    if dask:
+        return _run_dask(dask, cfg, out, todo, ended, log)
     if jobs <= 1:
         for u in todo:
-            started(u)
-            ended(u, run_unit(cfg, u, out, progress=progress))
+            ended(run_claimed(cfg, u, out, progress))
         return
     import concurrent.futures as cf
     import multiprocessing as mp
     os.environ.setdefault("MINILLM_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    pending, running = list(todo), {}
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        while pending or running:
-            for u in [u for u in pending if u.source is None or is_done(out, u.source)][:jobs - len(running)]:
-                pending.remove(u)
-                running[pool.submit(run_unit, cfg, u, out)] = u
-                started(u)
-            if not running:
-                raise ValueError(f"units {[u.name for u in pending]} wait for source units that have not finished")
-            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                ended(running.pop(fut), fut.result())
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    run = run_claimed if only else _after_source   # `only`: its source must be done already
+    try:   # in order: a unit's source is taken up before the unit, whose process then waits for it
+        for task in cf.as_completed([pool.submit(run, cfg, u, out) for u in todo]):
+            ended(task.result())
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _run_dask(address, cfg, out, todo, ended, log):
+    """Each unit one task on the Dask cluster at `address` (or scheduler file), after its source's task.
+    Leaving (an error, Ctrl-C) releases the tasks that have not started; a running unit still finishes."""
+    from distributed import Client, as_completed
+    with Client(scheduler_file=address) if os.path.isfile(address) else Client(address) as client:
+        log(f"[{time.strftime('%H:%M:%S')}] {len(todo)} units sent to {client.scheduler.address}")
+        tasks = {}
+        for u in todo:   # the source's task is an argument, so Dask starts a unit once its source is done
+            tasks[u.name] = client.submit(_dask_unit, cfg, u, out, tasks.get(u.source), pure=False)
+        for task in as_completed(tasks.values()):
+            ended(task.result())
+
+
+_one_at_a_time = threading.Lock()
+
+
+def _dask_unit(cfg, unit, out, _source_result=None):
+    """A unit as a Dask task: one at a time per worker process, with as many threads as the worker has
+    (its share of the machine's cores, as `--jobs` gives), unless the worker's MINILLM_NUM_THREADS says."""
+    from distributed import get_worker
+    threads = os.environ.setdefault("MINILLM_NUM_THREADS", str(get_worker().state.nthreads))
+    with _one_at_a_time:
+        kernels.set_num_threads(int(threads))
+        return run_claimed(cfg, unit, out)
