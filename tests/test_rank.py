@@ -42,9 +42,10 @@ def test_linear_attention_rank_is_at_most_d(n, d):
 
 def test_rank_measures_on_known_matrices():
     I = np.eye(5)
-    assert rank.numerical_rank(I) == 5 and np.isclose(rank.entropy_rank(I), 5) and np.isclose(rank.stable_rank(I), 5)
+    assert rank.numerical_rank(I) == 5 and np.allclose(list(rank.ranks(I).values()), [5, 5, 5])
     D = np.diag([1.0, 1e-9, 0, 0])
-    assert rank.numerical_rank(D) == 1 and np.isclose(rank.stable_rank(D), 1)
+    assert rank.numerical_rank(D) == 1 and np.isclose(rank.ranks(D)["stable"], 1)
+    assert np.isclose(rank.ranks(np.diag([1.0, 1.0, 0]))["entropy"], 2)   # two equal directions (and a zero)
 
 
 def test_synthetic_table_shows_scale_dependence():

@@ -5,8 +5,8 @@
     minillm generate CHECKPOINT --prompt "..." [--max-new-tokens N] [--temperature T] [--top-k K]
     minillm eval CHECKPOINT [--data world|FILE] [--batches N] [--json]
     minillm describe [--preset P] [--config FILE] [--d-model ...]   parameters and FLOPs, all archs
-    minillm study [--preset smoke|default|large] [--seeds N] [--jobs N] [--out DIR]
-                  [--list-units | --unit NAME | --report]
+    minillm study [--preset smoke|default|large] [--seeds N] [--jobs N | --dask ADDRESS] [--out DIR]
+                  [--list-units | --unit NAME | --report] [--force]
     minillm rank CHECKPOINT | --synthetic [--n N] [--d D] [--scales S ...] [--json]
 
 Exit codes: 0 success; 2 bad arguments or input, or training stopped on a non-finite loss
@@ -77,6 +77,7 @@ def build_parser():
     parser = _Parser(prog="minillm", description="minillm: train, sample and inspect small Transformers "
                      "(causal decoder, prefix decoder, encoder-decoder) on NumPy.")
     parser.add_argument("--version", action="version", version=f"minillm {__version__}")
+    parser.set_defaults(_run=lambda args: parser.print_help() or 2)   # no command: the help, exit code 2
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, text, add_arguments, run in commands():
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
@@ -92,9 +93,6 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a bad argument (code 2, message printed)
         return e.code if isinstance(e.code, int) else 2
-    if getattr(args, "_run", None) is None:
-        parser.print_help()
-        return 2
     try:
         code = int(args._run(args) or 0)
         sys.stdout.flush()  # a reader that went away (`| head`) shows up here at the latest

@@ -38,11 +38,10 @@ def add_study_arguments(p):
 
 
 def run_study(args):
-    if args.seeds is not None and args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    for flag, value in (("--seeds", 1 if args.seeds is None else args.seeds), ("--jobs", args.jobs)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     cfg = dataclasses.replace(PRESETS[args.preset], seeds=args.seeds or PRESETS[args.preset].seeds)
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     if args.dask and importlib.util.find_spec("distributed") is None:
         raise UsageError('--dask needs Dask, which is not installed: pip install "dask[distributed]"')
     out = args.out or os.path.join("runs", f"study-{args.preset}")
@@ -106,7 +105,6 @@ def run_rank(args):
     if args.synthetic:
         with usage_errors():  # n >= 2 and d >= 1
             rows = rank.synthetic(args.n, args.d, tuple(args.scales), rtol=args.rtol)
-        cols = ["scale", "kind", "numerical", "entropy", "stable"]
         title = f"attention of random Q, K (n={args.n}, d={args.d}); linear attention has rank <= d"
     else:
         ck = open_checkpoint(args.checkpoint)
@@ -114,9 +112,8 @@ def run_rank(args):
             model = ck.build_model()
             seqs = _validation_sequences(ck, args.batch)
         rows = rank.model_ranks(model, seqs, args.rtol)
-        cols = ["mask", "layer", "numerical", "entropy", "stable", "n"]
         title = f"attention of {args.checkpoint} ({model.arch}) on {len(seqs)} sequences of {seqs.shape[1]} tokens"
-    print(json.dumps(rows, indent=1) if args.json else f"{title}\n{rank.format_table(rows, cols)}")
+    print(json.dumps(rows, indent=1) if args.json else f"{title}\n{rank.format_table(rows)}")
     return 0
 
 

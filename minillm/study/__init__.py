@@ -18,13 +18,14 @@ in their own format: the value as a sentinel's target), so that "never learned t
 is not mistaken for "did not transfer".
 
     plan.py      StudyConfig, PRESETS, the adaptations, the units and where they live
-    run.py       training and evaluating a unit; the units spread over processes
+    run.py       training and evaluating a unit; the runners (this process, local processes, or a
+                 Dask cluster), each unit claimed first so that no two runners run it twice
     results.py   the table, the paper's conclusions checked, results.json/.csv/.md/.png
     evaluate.py  rank classification (zero-shot evaluation)
     rank.py      why decoder-only? ranks of attention matrices
 
-`minillm study` (in minillm/cli/) runs it; one unit is one command, so a scheduler can
-spread a grid over machines (`--list-units`, `--unit NAME`).
+`minillm study` (in minillm/cli/) runs it: in local processes (`--jobs`), on a Dask cluster
+(`--dask ADDRESS`), or one unit per command (`--list-units`, `--unit NAME`) for any scheduler.
 """
 from . import evaluate, rank
 from .plan import PRESETS, StudyConfig, units

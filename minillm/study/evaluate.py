@@ -51,9 +51,8 @@ def accuracy(model, arch, examples, tokenizer, **kwargs):
     """Fraction of examples whose predicted choice is the answer."""
     if not examples:
         raise ValueError("accuracy: no examples given")
-    preds = rank_classify(model, arch, examples, tokenizer, **kwargs)
-    answers = np.array([_get(e, "answer", 2) for e in examples])
-    return float((preds == answers).mean())
+    answers = [_get(e, "answer", 2) for e in examples]
+    return float(np.mean(rank_classify(model, arch, examples, tokenizer, **kwargs) == answers))
 
 
 def summarise(per_template):

@@ -80,13 +80,10 @@ def units(cfg):
     out = []
     for s in range(cfg.seeds):
         pre = {p: Unit(f"pretrain/{p[0]}-{p[1]}/s{s}", "pretrain", p[0], p[1], s, label=label(p)) for p in PAPER_PAIRS}
-        out += pre.values()
-        for name, (src, arch, obj, _) in ADAPTATIONS.items():
-            out.append(Unit(f"adapt/{name}/s{s}", "adapt", arch, obj, s, pre[src].name, label=name.upper()))
-        for p in PAPER_PAIRS:
-            out.append(Unit(f"finetune/{p[0]}-{p[1]}/s{s}", "finetune", p[0], p[1], s, pre[p].name, label(p)))
-        for name, (_, arch, obj, _) in ADAPTATIONS.items():
-            out.append(Unit(f"finetune/{name}/s{s}", "finetune", arch, obj, s, f"adapt/{name}/s{s}", name.upper()))
+        first = [*pre.values(), *(Unit(f"adapt/{name}/s{s}", "adapt", arch, obj, s, pre[src].name, label=name.upper())
+                                  for name, (src, arch, obj, _) in ADAPTATIONS.items())]
+        out += first + [dataclasses.replace(u, name=u.name.replace(u.stage, "finetune", 1), stage="finetune",
+                                            source=u.name) for u in first]   # each finetunes a first stage
     return out
 
 

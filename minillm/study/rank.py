@@ -7,10 +7,12 @@ attention matrix is lower triangular with a positive diagonal, so it is always f
 close to low rank the bidirectional matrix gets, which depends on the logit scale: so we
 measure three ranks of real matrices instead of arguing.
 
-- `numerical_rank`: singular values above `rtol * largest` (a hard count);
-- `entropy_rank`: exp(entropy of the normalised singular values) (a soft count, Roy and
+- numerical (`numerical_rank`): singular values above `rtol * largest` (a hard count);
+- entropy: exp(entropy of the normalised singular values) (a soft count, Roy and
   Vetterli 2007);
-- `stable_rank`: ||A||_F^2 / ||A||_2^2 (how many directions carry the energy).
+- stable: ||A||_F^2 / ||A||_2^2 (how many directions carry the energy).
+
+`ranks(A)` gives all three.
 
 `synthetic(...)` compares bidirectional, causal and prefix softmax attention on random
 Q, K across logit scales, with bidirectional *linear* attention (rank <= d exactly) as the
@@ -30,21 +32,12 @@ def numerical_rank(A, rtol=1e-6):
     return int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
 
 
-def entropy_rank(A):
-    s = singular_values(A)
-    p = s / s.sum()
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum()))
-
-
-def stable_rank(A):
-    s = singular_values(A)
-    return float((s ** 2).sum() / s[0] ** 2)
-
-
 def ranks(A, rtol=1e-6):
-    """The three rank measures of one matrix, as a dict."""
-    return {"numerical": numerical_rank(A, rtol), "entropy": entropy_rank(A), "stable": stable_rank(A)}
+    """The three rank measures of one matrix, as a dict: numerical, entropy and stable."""
+    s = singular_values(A)
+    p = s[s > 0] / s.sum()   # the normalised singular values (those above 0) of the entropy rank
+    return {"numerical": numerical_rank(A, rtol), "entropy": float(np.exp(-(p * np.log(p)).sum())),
+            "stable": float((s ** 2).sum() / s[0] ** 2)}
 
 
 def _mean(rows):
@@ -83,8 +76,7 @@ def synthetic(n=64, d=8, scales=(0.01, 0.1, 1.0, 3.0), seeds=3, prefix=None, rto
     for scale in scales:
         per_kind = {}
         for seed in range(seeds):
-            rng = np.random.default_rng(seed)
-            Q, K = rng.standard_normal((n, d)), rng.standard_normal((n, d))
+            Q, K = np.random.default_rng(seed).standard_normal((2, n, d))   # Q first, then K
             logits = scale * Q @ K.T / np.sqrt(d)
             mats = {kind: softmax_attention(logits, kind, prefix) for kind in ("bidirectional", "causal", "prefix")}
             mats["linear (control)"] = linear_attention(np.sqrt(scale) * Q, np.sqrt(scale) * K)
@@ -108,8 +100,9 @@ def attention_ranks(probs, rtol=1e-6):
     return rows
 
 
-def format_table(rows, columns):
-    """Rows of dicts as an aligned text table."""
+def format_table(rows, columns=None):
+    """Rows of dicts as an aligned text table of `columns` (default: the first row's keys)."""
+    columns = columns or list(rows[0])
     cells = [[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731

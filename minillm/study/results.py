@@ -44,13 +44,14 @@ def collect(cfg, out):
             continue
         any_r = (pre + fin)[0]
         mean = lambda runs, k: _stat([r[k] if k == "probe" else r[k]["mean"] for r in runs])  # noqa: E731
-        row = {"row": any_r["label"] if key not in ADAPTATIONS else _adapt_label(key), "key": key,
+        row = {"row": any_r["label"], "key": key,
                "parameters": any_r["parameters"], "flops_per_token": any_r["flops_per_token"],
                "zero_shot": mean(pre, "heldout"), "probe": mean(pre, "probe"),
                "probe_prompt": _stat([r["probe_next"] for r in pre]), "finetuned": mean(fin, "heldout"),
                "finetuned_train": mean(fin, "train"), "probe_finetuned": _stat([r["probe_next"] for r in fin])}
         if key in ADAPTATIONS:
-            base = ADAPTATIONS[key][3]
+            src, arch, obj, base = ADAPTATIONS[key]
+            row["row"] = f"{key.upper()}: {label(src)} -> {arch.upper()}:{obj.upper()}"
             speedups = [_speedup(res.get(f"pretrain/{base[0]}-{base[1]}/s{s}"), res.get(f"adapt/{key}/s{s}"))
                         for s in range(cfg.seeds)]
             row["speedup"] = _stat([sp for sp, _ in speedups])
@@ -59,11 +60,6 @@ def collect(cfg, out):
     some = next(iter(res.values()), {})
     return {"config": cfg.to_dict(), "rows": rows, "units": res,
             "heldout_baseline": some.get("heldout_baseline"), "probe_baseline": some.get("probe_baseline")}
-
-
-def _adapt_label(key):
-    src, arch, obj, _ = ADAPTATIONS[key]
-    return f"{key.upper()}: {label(src)} -> {arch.upper()}:{obj.upper()}"
 
 
 def tokens_to_reach(curve, target):
@@ -109,7 +105,7 @@ def format_table(summary):
               ((">=" if r.get("speedup_is_lower_bound") else "") + _fmt(r["speedup"], pct=False) + "x")
               if r.get("speedup") else "-"]
              for r in summary["rows"]]
-    widths = [max(len(c), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)] if lines else [len(c) for c in cols]
+    widths = [max(map(len, column)) for column in zip(cols, *lines)]
     fmt = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
     base = summary["heldout_baseline"]
     notes = [f"Accuracy in % on held-out tasks (rank classification, mean over templates then tasks); "
@@ -186,8 +182,7 @@ def report(summary):
                      f"{gain:+.1f} points over random choice.\n")
     for claim, verdict, why in conclusions(summary):
         lines.append(f"- {verdict}: {claim} — {why}")
-    warn = _probe_warnings(summary)
-    if warn:
+    if warn := _probe_warnings(summary):
         lines += ["", "## Caveats", ""] + [f"- {w}" for w in warn]
     return "\n".join(lines) + "\n"
 
@@ -209,16 +204,14 @@ def write_outputs(summary, out):
 
 def _plots(summary, out):
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure   # no pyplot: no GUI backend, no global state
     except ImportError:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig = Figure(figsize=(12, 4))
+    axes = fig.subplots(1, 2)
     for name, r in sorted(summary["units"].items()):
         if r["stage"] in ("pretrain", "adapt") and r["curve"] and r["seed"] == 0:
-            t, loss = zip(*r["curve"])
-            axes[0].plot(t, loss, label=f"{r['label']}{' (adapted)' if r['stage'] == 'adapt' else ''}")
+            axes[0].plot(*zip(*r["curve"]), label=f"{r['label']}{' (adapted)' if r['stage'] == 'adapt' else ''}")
     axes[0].set(xlabel="tokens seen", ylabel="validation loss (each in its own objective)", title="pretraining and adaptation, seed 0")
     rows = summary["rows"]
     x = np.arange(len(rows))
@@ -234,4 +227,3 @@ def _plots(summary, out):
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "results.png"), dpi=120)
-    plt.close(fig)

@@ -38,16 +38,15 @@ class PromptStream:
     """Finetuning batches (prompt -> answer, loss on the answer only) as a pure function of
     the batch index: row k is example perm_e[k mod N] of epoch e = k div N."""
 
-    def __init__(self, arch, pairs, tokenizer, batch_size, seed, src_eos):
-        self.arch, self.pairs, self.tok = arch, pairs, tokenizer
-        self.batch_size, self.seed, self.src_eos = batch_size, seed, src_eos
+    def __init__(self, unit, pairs, tokenizer, batch_size, seed):
+        self.arch, self.pairs, self.tok, self.src_eos = unit.arch, pairs, tokenizer, _src_eos(unit)
+        self.batch_size, self.seed = batch_size, seed
 
     def batch(self, index):
         n, rows = len(self.pairs), range(index * self.batch_size, (index + 1) * self.batch_size)
         perm = {e: np.random.default_rng([self.seed, 5, e]).permutation(n) for e in {k // n for k in rows}}
         picked = [self.pairs[perm[k // n][k % n]] for k in rows]
-        return make_prompt_batch(self.arch, [p for p, _ in picked], [a for _, a in picked], self.tok,
-                                 src_eos=self.src_eos)
+        return make_prompt_batch(self.arch, *zip(*picked), self.tok, src_eos=self.src_eos)
 
 
 def _src_eos(unit):
@@ -76,9 +75,8 @@ def make_trainer(cfg, unit, out, world, progress=False):
             trainer.model.load_state_dict(source_state(out, unit.source))
     if unit.stage == "finetune":
         pairs = world.finetuning_examples(seed=unit.seed)
-        trainer.stream = PromptStream(unit.arch, pairs, world.tokenizer, cfg.finetune_batch, unit.seed, _src_eos(unit))
-        trainer.val_batches = [PromptStream(unit.arch, pairs, world.tokenizer, cfg.finetune_batch, unit.seed + 7919,
-                                            _src_eos(unit)).batch(0)]
+        stream = lambda seed: PromptStream(unit, pairs, world.tokenizer, cfg.finetune_batch, seed)  # noqa: E731
+        trainer.stream, trainer.val_batches = stream(unit.seed), [stream(unit.seed + 7919).batch(0)]
     return trainer
 
 
@@ -95,26 +93,18 @@ def run_unit(cfg, unit, out, progress=False):
     world = World(cfg.world, seed=cfg.world_seed)
     trainer = make_trainer(cfg, unit, out, world, progress)
     final = trainer.fit()
-    model = trainer.model
+    with open(trainer.path("log.jsonl"), encoding="utf-8") as f:   # fit always logs a last val loss
+        curve = [[r["tokens"], r["val_loss"]] for r in map(json.loads, f) if "val_loss" in r]
     result = {"unit": unit.name, "stage": unit.stage, "label": unit.label, "arch": unit.arch,
               "objective": unit.objective, "seed": unit.seed, "source": unit.source,
               "tokens_seen": trainer.tokens_seen, "final_val_loss": final["val_loss"],
-              "curve": _curve(os.path.join(unit_dir(out, unit.name), "log.jsonl")),
-              "parameters": model.num_parameters(), "flops_per_token": model.flops_per_token(),
-              **evaluate_model(model, unit.arch, world, cfg.eval_examples, _src_eos(unit))}
+              "curve": curve,
+              "parameters": trainer.model.num_parameters(), "flops_per_token": trainer.model.flops_per_token(),
+              **evaluate_model(trainer.model, unit.arch, world, cfg.eval_examples, _src_eos(unit))}
     result["probe"] = own_probe(result, unit.objectives)
     result["seconds"] = time.perf_counter() - start
     write_json_atomic(result_path(out, unit.name), result)
     return result
-
-
-def _curve(log_path):
-    """(tokens, validation loss) pairs of a run's log."""
-    if not os.path.exists(log_path):
-        return []
-    with open(log_path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
-    return [[r["tokens"], r["val_loss"]] for r in records if "val_loss" in r]
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -138,17 +128,14 @@ def evaluate_model(model, arch, world, per_template, src_eos):
                         for i, group in enumerate(task.by_template()) if group}
             for task in tasks})
 
-    def probe(kind):
-        def examples(r):
-            if kind != "decoder":
-                return (world.mlm_probes if kind == "mlm" else world.probes)[r].examples
-            return [(e.prompt[:1], [e.prompt[1:] + c for c in e.choices], e.answer) for e in world.probes[r].examples]
-        return float(np.mean([evaluate.accuracy(model, arch, examples(r), tok, src_eos=src_eos)
-                              for r in world.heldout_relations]))
+    def probe(tasks, layout=lambda e: e):
+        return float(np.mean([evaluate.accuracy(model, arch, [layout(e) for e in tasks[r].examples], tok,
+                                                src_eos=src_eos) for r in world.heldout_relations]))
 
-    probes = {"next": probe("next"), "mlm": probe("mlm")}
-    if arch == "ed":
-        probes["decoder"] = probe("decoder")
+    probes = {"next": probe(world.probes), "mlm": probe(world.mlm_probes)}
+    if arch == "ed":   # the statement's first word to the encoder, the rest in front of each choice
+        probes["decoder"] = probe(world.probes,
+                                  lambda e: (e.prompt[:1], [e.prompt[1:] + c for c in e.choices], e.answer))
     return {"heldout": task_accuracy(world.heldout_tasks), "train": task_accuracy(world.train_tasks),
             **{f"probe_{k}": v for k, v in probes.items()},
             "heldout_baseline": float(np.mean([t.random_baseline for t in world.heldout_tasks])),

@@ -30,20 +30,17 @@ TIMEOUT = 120.0    # a claim from another host untouched for this long is stale
 def _create(path, text=""):
     """Create `path` with `text` in it; False if it exists already. (Mode "x" opens with
     O_CREAT|O_EXCL: of all the processes creating one path at once, exactly one succeeds.)"""
-    try:
-        with open(path, "x", encoding="utf-8") as f:
-            f.write(text)
-    except FileExistsError:
-        return False
-    return True
+    with contextlib.suppress(FileExistsError), open(path, "x", encoding="utf-8") as f:
+        f.write(text)
+        return True
+    return False
 
 
 def stale(path, timeout=TIMEOUT):
     """Why the claim at `path` is stale (its owner is gone), or None if it is live or there is none."""
     try:
-        age = time.time() - os.path.getmtime(path)
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, encoding="utf-8") as f:   # the heartbeat is the file's modification time
+            age, text = time.time() - os.fstat(f.fileno()).st_mtime, f.read()
     except FileNotFoundError:
         return None
     owner = json.loads(text) if text.endswith("}") else {}   # {}: still being written, or its writer died
@@ -76,10 +73,8 @@ def claim(path, timeout=TIMEOUT):
                 mine = _create(path, me)
         finally:
             os.unlink(path + ".takeover")
-    if mine:
-        threading.Thread(target=_beat, args=(path,), daemon=True).start()
-    try:
+    with contextlib.ExitStack() as release:
+        if mine:   # ours until the with-block ends
+            release.callback(os.unlink, path)
+            threading.Thread(target=_beat, args=(path,), daemon=True).start()
         yield mine
-    finally:
-        if mine:
-            os.unlink(path)
