@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,3 +135,17 @@ def test_killed_dask_worker_loses_no_finished_unit(tmp_path, cluster):
     finish(study(tmp_path))         # the rerun completes the study
     assert all(os.path.getmtime(p) == t for p, t in done.items())   # finished units were not redone
     assert all(os.path.exists(result_path(tmp_path, n)) for n in NAMES)
+
+
+def test_a_takeover_left_by_a_killed_runner_does_not_block_the_claim(tmp_path, capfd):
+    """A runner killed while replacing a stale claim leaves PATH.takeover behind; that guard is
+    judged like a claim (its process is gone), so the unit can still be taken over."""
+    path = str(tmp_path / "claim")
+    r = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"host": socket.gethostname(), "pid": int(r.stdout), "start": "then"}
+    for name in (path, path + ".takeover"):
+        with open(name, "w") as f:
+            json.dump(dead, f)
+    with lock.claim(path) as mine:
+        assert mine and json.load(open(path))["pid"] == os.getpid()
+    assert not os.path.exists(path + ".takeover") and "is gone" in capfd.readouterr().err

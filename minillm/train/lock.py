@@ -65,7 +65,10 @@ def claim(path, timeout=TIMEOUT):
     """Hold the claim at `path` for the with-block: yields True, or False while another process holds it."""
     me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": time.ctime()})
     mine = _create(path, me)
-    if not mine and _create(path + ".takeover"):   # one runner at a time judges and replaces a claim
+    if not mine and stale(path + ".takeover", timeout):   # a runner died while taking over
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + ".takeover")
+    if not mine and _create(path + ".takeover", me):   # one runner at a time judges and replaces a claim
         try:
             if why := stale(path, timeout):
                 print(f"taking over the stale claim {path}: {why}", file=sys.stderr, flush=True)
