@@ -398,9 +398,9 @@ def test_float32_default_and_float64():
     cfg = minillm.ModelConfig(V, 8, 2, 1, 16, 6)
     m = minillm.build_model("cd", cfg)
     assert logits(m, np.array([[1, 2]])).dtype == np.float32
-    m.to(np.float64)
-    assert logits(m, np.array([[1, 2]])).dtype == np.float64
-    assert m.config.dtype == "float64" and cfg.dtype == "float32"  # the shared config is not edited
+    m64 = minillm.build_model("cd", minillm.ModelConfig(V, 8, 2, 1, 16, 6, dtype="float64"))
+    assert all(p.dtype == np.float64 for p in m64.parameters())
+    assert logits(m64, np.array([[1, 2]])).dtype == np.float64
 
 
 # ---- bad input ------------------------------------------------------------------------------------

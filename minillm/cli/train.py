@@ -108,12 +108,10 @@ def run_train(args):
 
 
 def _resume(args):
-    ck = open_checkpoint(args.out)
     if args.config:
         raise UsageError("--config cannot be used with --resume (the run's config is in its checkpoint)")
-    overrides = {k: v for k, v in _flags(args).items() if v != ck.config.get(k)}
     with usage_errors():  # a setting Trainer.RESUMABLE does not list cannot change
-        trainer = Trainer.resume(args.out, progress=not args.no_progress, **overrides)
+        trainer = Trainer.resume(args.out, progress=not args.no_progress, **_flags(args))
     if trainer.tokens_seen >= trainer.cfg.tokens:
         print(f"{args.out}: the run already saw its budget of {trainer.cfg.tokens:,} tokens; "
               "raise it with --tokens to train on", file=sys.stderr)

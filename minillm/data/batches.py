@@ -83,9 +83,7 @@ class Batch:
 
     @property
     def inputs(self) -> tuple:
-        if self.arch == "ed":
-            return (self.src, self.tgt_in)
-        return (self.tokens, self.prefix_len)
+        return (self.src, self.tgt_in) if self.arch == "ed" else (self.tokens, self.prefix_len)
 
     @property
     def size(self) -> int:
@@ -120,12 +118,10 @@ def _cut(objective, x, index, tok, rng, noise_density, mean_span_length):
         if len(x) < 1:
             raise ValueError(f"sequence {index} is empty")
         return x[:0], np.concatenate([x, eos])
-    if objective == "plm":
-        if len(x) < 2:
-            raise ValueError(f"sequence {index} too short for plm: length {len(x)}, need >= 2")
-        s = plm_split(len(x), rng)
-        return x[:s], np.concatenate([x[s:], eos])
-    try:
+    try:  # plm_split and span_corruption check the sequence; say which one it is
+        if objective == "plm":
+            s = plm_split(len(x), rng)
+            return x[:s], np.concatenate([x[s:], eos])
         inputs, targets = span_corruption(x, tok.sentinel_ids, noise_density, mean_span_length, rng)
     except ValueError as e:
         raise ValueError(f"sequence {index}: {e}") from None
@@ -136,12 +132,11 @@ def _layout(arch, ctx, out, tok, src_eos):
     """``(fed_a, fed_b, targets, len(ctx))`` for one example: decoders feed ``fed_a`` =
     tokens (``fed_b`` is None); ED feeds ``fed_a`` = src and ``fed_b`` = tgt_in."""
     bos = np.array([tok.bos_id], dtype=np.int64)
-    loss = out.astype(np.int64)
     if arch == "ed":
         src = np.concatenate([ctx, [tok.eos_id]]).astype(np.int64) if src_eos else ctx
-        return src, np.concatenate([bos, out[:-1]]), loss, 0
+        return src, np.concatenate([bos, out[:-1]]), out, 0
     tokens = np.concatenate([bos, ctx, out[:-1]])
-    targets = np.concatenate([np.full(len(ctx), IGNORE_INDEX, dtype=np.int64), loss])
+    targets = np.concatenate([np.full(len(ctx), IGNORE_INDEX, dtype=np.int64), out])
     return tokens, None, targets, len(ctx)
 
 
@@ -215,21 +210,20 @@ def make_batch(arch: str, objective: str, sequences: Sequence, tokenizer, rng=No
     then the batch may have fewer rows than sequences.
     """
     arch, objective = check_pair(arch, objective)
-    tok = tokenizer
     seqs = [_as_seq(x, i) for i, x in enumerate(sequences)]
     if pack:
         if objective != "flm":
             raise ValueError(f"pack=True is only for objective 'flm', got {objective!r}")
         if max_len is None:
             raise ValueError("pack=True needs max_len")
-        seqs = [row[:-1] for row in pack_sequences(seqs, max_len, tok.eos_id)]  # FLM adds the EOS back
+        seqs = [row[:-1] for row in pack_sequences(seqs, max_len, tokenizer.eos_id)]  # FLM adds the EOS back
     rng = as_rng(rng)
     examples = []
     for i, x in enumerate(seqs):
-        ctx, out = _cut(objective, x, i, tok, rng, noise_density, mean_span_length)
-        examples.append(_layout(arch, ctx, out, tok, src_eos=(objective == "mlm")))
+        ctx, out = _cut(objective, x, i, tokenizer, rng, noise_density, mean_span_length)
+        examples.append(_layout(arch, ctx, out, tokenizer, src_eos=(objective == "mlm")))
     prefix_on = arch == "nd" and objective != "flm"
-    return _assemble(arch, objective, examples, tok, max_len, pad_to, prefix_on)
+    return _assemble(arch, objective, examples, tokenizer, max_len, pad_to, prefix_on)
 
 
 def make_prompt_batch(arch: str, prompts: Sequence, completions: Sequence, tokenizer,

@@ -36,40 +36,33 @@ class Corpus:
         return self.train(epoch) if callable(self.train) else self.train
 
 
-def load_corpus(cfg):
-    """The corpus a (resolved) config names: the built-in world or a text file."""
-    if cfg.data == "world":
-        return _world_corpus(cfg)
-    return _file_corpus(cfg.data, longest_fitting(cfg.arch, cfg.objective, cfg.max_len))
-
-
-def _file_corpus(path, length):
-    """A UTF-8 text file, byte-tokenized, cut into documents of ``length`` tokens; the last
-    5% of them (at least one) are held out for validation."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist (use --data world for the built-in world)")
-    if not os.access(path, os.R_OK):
-        raise PermissionError(f"data file {path!r} is not readable")
-    tok = ByteTokenizer()
-    docs = [np.asarray(d, dtype=np.int32) for d in file_sequences(path, tok, length)]
-    n_val = max(1, len(docs) // 20) if len(docs) > 1 else 0
-    train, val = docs[:len(docs) - n_val], docs[len(docs) - n_val:]
-    return Corpus(tok, train, val or train, name=os.path.basename(path))
-
-
 VAL_EPOCH = 999_999  # the world epoch whose sentences serve as validation text
 
 
-def _world_corpus(cfg):
-    """The built-in world of the config's preset: each sentence is a document; training
-    epoch e uses the world's sentences of epoch e (facts restated in fresh templates)."""
-    world = World(cfg.world_preset or cfg.preset, seed=cfg.world_seed)
-    tok = world.tokenizer
+def load_corpus(cfg):
+    """The corpus a (resolved) config names: a text file, or the built-in world of the
+    config's preset, where each sentence is a document and training epoch e uses the
+    world's sentences of epoch e (its facts restated in fresh templates)."""
+    if cfg.data == "world":
+        world = World(cfg.world_preset or cfg.preset, seed=cfg.world_seed)
+        tok = world.tokenizer
 
-    def sentences(epoch):
-        return [tok.encode(s) for s in world.sentences(epoch)]
+        def sentences(epoch):
+            return [tok.encode(s) for s in world.sentences(epoch)]
 
-    return Corpus(tok, sentences, sentences(VAL_EPOCH), name=f"world:{cfg.world_preset or cfg.preset}:{cfg.world_seed}")
+        name = f"world:{cfg.world_preset or cfg.preset}:{cfg.world_seed}"
+        return Corpus(tok, sentences, sentences(VAL_EPOCH), name=name)
+    # a UTF-8 text file, byte-tokenized, cut into documents of the longest length whose
+    # batches fit max_len; the last 5% of them (at least one) are held out for validation
+    if not os.path.isfile(cfg.data):
+        raise FileNotFoundError(f"data file {cfg.data!r} does not exist (use --data world for the built-in "
+                                "world)")
+    tok = ByteTokenizer()
+    length = longest_fitting(cfg.arch, cfg.objective, cfg.max_len)
+    docs = [np.asarray(d, dtype=np.int32) for d in file_sequences(cfg.data, tok, length)]
+    n_val = max(1, len(docs) // 20) if len(docs) > 1 else 0
+    train, val = docs[:len(docs) - n_val], docs[len(docs) - n_val:]
+    return Corpus(tok, train, val or train, name=os.path.basename(cfg.data))
 
 
 class BatchStream:

@@ -41,10 +41,8 @@ def noise_counts(length: int, noise_density: float = 0.15, mean_span_length: flo
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
     n = max(length, 2)
-    n_noise = int(np.round(np.float64(n) * np.float64(density)))
-    n_noise = min(max(n_noise, 1), n - 1)
-    n_spans = max(int(np.round(np.float64(n_noise) / np.float64(mean))), 1)
-    n_spans = min(n_spans, n - n_noise)
+    n_noise = min(max(int(np.round(n * density)), 1), n - 1)  # Python floats are float64
+    n_spans = min(max(int(np.round(n_noise / mean)), 1), n - n_noise)
     return n_noise, n_spans
 
 

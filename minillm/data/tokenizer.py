@@ -15,9 +15,9 @@ batch builders read nothing else.
   (``<eos>``, ``<extra_id_3>``, ...) in the text map to their ids.
 - ``tok.to_dict()`` / ``tokenizer_from_dict(d)``: a JSON-ready dict (checkpoints store it).
 - ``iter_text_file(path)`` streams a UTF-8 file in chunks (invalid UTF-8 is a ``ValueError``
-  naming the file and the byte offset); ``ByteTokenizer.encode_file(path)`` streams its ids and
-  ``file_sequences(path, tok, length)`` cuts the stream into training sequences (text files
-  are read byte-level: the word tokenizer serves the built-in world only).
+  naming the file and the byte offset) and ``file_sequences(path, tok, length)`` cuts the
+  stream of its byte ids into training sequences (text files are read byte-level: the word
+  tokenizer serves the built-in world only).
 """
 from __future__ import annotations
 
@@ -41,21 +41,18 @@ def sentinel_name(k: int) -> str:
 class Tokenizer:
     """Common part: special tokens and sentinels at the start of the vocabulary."""
 
-    kind = "base"
-
     def __init__(self, n_sentinels: int):
         n_sentinels = int(n_sentinels)
         if n_sentinels < 0:
             raise ValueError(f"n_sentinels must be >= 0, got {n_sentinels}")
         self.n_sentinels = n_sentinels
         self.pad_id, self.bos_id, self.eos_id, self.sep_id = range(len(SPECIAL_TOKENS))
-        first = len(SPECIAL_TOKENS)
-        self.sentinel_ids = tuple(range(first, first + n_sentinels))
-        self.n_special = first + n_sentinels
+        self.n_special = len(SPECIAL_TOKENS) + n_sentinels
+        self.sentinel_ids = tuple(range(len(SPECIAL_TOKENS), self.n_special))
         self._special_names = list(SPECIAL_TOKENS) + [sentinel_name(k) for k in range(n_sentinels)]
         self._special_index = {name: i for i, name in enumerate(self._special_names)}
 
-    # subclasses define: vocab_size, encode, decode, _regular_name, _payload
+    # subclasses define: kind, vocab_size, encode, decode, _regular_name, _payload
     def id_to_token(self, token_id: int) -> str:
         token_id = int(token_id)
         if not 0 <= token_id < self.vocab_size:
@@ -109,11 +106,6 @@ class ByteTokenizer(Tokenizer):
                 pieces += [self._special_names[t] for t in run]
         return "".join(pieces)
 
-    def encode_file(self, path, chunk_bytes: int = 1 << 20):
-        """Stream the ids of a UTF-8 file, one array per chunk read (a byte never spans two)."""
-        for text in iter_text_file(path, chunk_bytes):
-            yield self.encode(text)
-
     def _payload(self):
         return {}
 
@@ -143,18 +135,15 @@ class WordTokenizer(Tokenizer):
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         words = text.split()
-        ids = np.empty(len(words), dtype=np.int64)
-        for k, w in enumerate(words):
-            i = self._index.get(w)
-            if i is None:
-                raise ValueError(f"unknown word {w!r} at word index {k} (not in the vocabulary)")
-            ids[k] = i
-        return ids
+        try:
+            return np.array([self._index[w] for w in words], dtype=np.int64)
+        except KeyError as e:
+            raise ValueError(f"unknown word {e.args[0]!r} at word index {words.index(e.args[0])} "
+                             "(not in the vocabulary)") from None
 
     def decode(self, ids, skip_special: bool = False) -> str:
-        ids = self._check_ids(ids)
-        names = [self.id_to_token(t) for t in ids.tolist() if not (skip_special and t < self.n_special)]
-        return " ".join(names)
+        ids = self._check_ids(ids).tolist()
+        return " ".join(self.id_to_token(t) for t in ids if not (skip_special and t < self.n_special))
 
     def _payload(self):
         return {"words": self.words}
@@ -204,20 +193,21 @@ def iter_text_file(path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
 def file_sequences(path, tokenizer: Tokenizer, length: int,
                    chunk_bytes: int = 1 << 20) -> Iterator[np.ndarray]:
     """Stream a UTF-8 file as consecutive id sequences of ``length`` tokens (the last one
-    may be shorter), with a tokenizer that streams files (``ByteTokenizer``). Raises
-    ``ValueError`` for a file with no tokens."""
+    may be shorter), with a tokenizer that encodes each chunk of text on its own
+    (``ByteTokenizer``: a byte never spans two chunks). Raises ``ValueError`` for a file
+    with no tokens."""
     length = int(length)
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
     buf = np.empty(0, dtype=np.int64)
     total = 0
-    for ids in tokenizer.encode_file(path, chunk_bytes):
+    for text in iter_text_file(path, chunk_bytes):
+        ids = tokenizer.encode(text)
         total += len(ids)
         buf = np.concatenate([buf, ids])
-        n_full = len(buf) // length
-        for k in range(n_full):
-            yield buf[k * length : (k + 1) * length]
-        buf = buf[n_full * length :]
+        while len(buf) >= length:
+            yield buf[:length]
+            buf = buf[length:]
     if total == 0:
         raise ValueError(f"empty corpus: {os.fspath(path)} contains no tokens")
     if len(buf):

@@ -194,7 +194,21 @@ class World:
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
         cfg = replace(PRESETS[preset], **overrides)
-        self._check(cfg)
+        # the config, checked before anything is built
+        unknown = [r for r in cfg.relations if r not in RELATIONS]
+        if unknown:
+            raise ValueError(f"relations: unknown relation {unknown[0]!r}; known: {tuple(RELATIONS)}")
+        bad = [r for r in cfg.heldout if r not in cfg.relations]
+        if bad:
+            raise ValueError(f"heldout: {bad[0]!r} is not one of the relations {cfg.relations}")
+        if not 2 <= cfg.n_values <= 8:
+            raise ValueError(f"n_values must be in [2, 8], got {cfg.n_values}")
+        if cfg.n_entities < 2:
+            raise ValueError(f"n_entities must be >= 2, got {cfg.n_entities}")
+        if cfg.mentions < 1:
+            raise ValueError(f"mentions must be >= 1, got {cfg.mentions}")
+        if not 0 <= cfg.filler_fraction < 1:
+            raise ValueError(f"filler_fraction must be in [0, 1), got {cfg.filler_fraction}")
         self.preset, self.seed, self.config = preset, int(seed), cfg
         rng = np.random.default_rng([self.seed, 0])
         self.relations = tuple(cfg.relations)
@@ -216,23 +230,6 @@ class World:
         self.mlm_probes = {r: self._probe(r, mlm=True) for r in self.relations}
 
     # ---------------------------------------------------------------- setup
-    @staticmethod
-    def _check(cfg):
-        unknown = [r for r in cfg.relations if r not in RELATIONS]
-        if unknown:
-            raise ValueError(f"relations: unknown relation {unknown[0]!r}; known: {tuple(RELATIONS)}")
-        bad = [r for r in cfg.heldout if r not in cfg.relations]
-        if bad:
-            raise ValueError(f"heldout: {bad[0]!r} is not one of the relations {cfg.relations}")
-        if not 2 <= cfg.n_values <= 8:
-            raise ValueError(f"n_values must be in [2, 8], got {cfg.n_values}")
-        if cfg.n_entities < 2:
-            raise ValueError(f"n_entities must be >= 2, got {cfg.n_entities}")
-        if cfg.mentions < 1:
-            raise ValueError(f"mentions must be >= 1, got {cfg.mentions}")
-        if not 0 <= cfg.filler_fraction < 1:
-            raise ValueError(f"filler_fraction must be in [0, 1), got {cfg.filler_fraction}")
-
     def _all_template_text(self):
         """Every template, filler and relation name, with its slots blanked out."""
         texts = QA_TEMPLATES + VERIFY_TEMPLATES + COMPARE_TEMPLATES + FILLERS + YES_NO + self.relations
@@ -242,16 +239,14 @@ class World:
     def _encode(self, text):
         return tuple(int(i) for i in self.tokenizer.encode(text))
 
-    def _split(self, relation):
-        return "heldout" if relation in self.heldout_relations else "train"
-
     # ---------------------------------------------------------------- tasks
     def _task(self, kind, r, templates, choice_texts, items, choices=None):
         """The ``kind`` task of relation ``r``: each template filled with the slots of each
         ``(slots, answer)`` of ``items``; ``choices`` defaults to the ``choice_texts`` encoded."""
         choices = choices or tuple(self._encode(c) for c in choice_texts)
         name = f"{r}_qa" if kind == "qa" else f"{kind}_{r}"
-        task = Task(name, kind, (r,), self._split(r), templates, choice_texts)
+        split = "heldout" if r in self.heldout_relations else "train"
+        task = Task(name, kind, (r,), split, templates, choice_texts)
         for k, t in enumerate(templates):
             for slots, answer in items:
                 text = t.format(**slots)
@@ -308,10 +303,10 @@ class World:
         return [t for t in self.tasks if t.split == "heldout"]
 
     def task(self, name: str) -> Task:
-        for t in self.tasks:
-            if t.name == name:
-                return t
-        raise ValueError(f"unknown task {name!r}; tasks: {[t.name for t in self.tasks]}")
+        found = [t for t in self.tasks if t.name == name]
+        if not found:
+            raise ValueError(f"unknown task {name!r}; tasks: {[t.name for t in self.tasks]}")
+        return found[0]
 
     def finetuning_examples(self, seed=None, kinds=("qa", "verify", "compare")):
         """Multitask finetuning data: ``(prompt ids, answer ids)`` for every example of

@@ -41,8 +41,7 @@ def bidirectional(T):
 
 def causal(T):
     """Lower triangle ``(T, T)``: position ``i`` sees ``j <= i``."""
-    T = _check_length(T)
-    return np.tril(np.ones((T, T), dtype=bool))
+    return np.tril(bidirectional(T))
 
 
 def check_prefix_len(prefix_len, T, B=None):
@@ -72,10 +71,9 @@ def prefix(T, P):
     ``(B, T, T)``.
     """
     T = _check_length(T)
-    P = check_prefix_len(P, T)
+    P = np.asarray(check_prefix_len(P, T))[..., None, None]  # (1, 1), or (B, 1, 1) broadcast to (B, T, T)
     i = np.arange(T)[:, None]
     j = np.arange(T)[None, :]
-    P = P if isinstance(P, int) else P[:, None, None]  # per example: (B, 1, 1), broadcast to (B, T, T)
     return (j <= i) | ((i < P) & (j < P))
 
 

@@ -31,7 +31,7 @@ The implementation is dense: it computes every query-key score and masks afterwa
 Cross-attention costs ``2*2*d^2 + 2*2*S*d`` per target token (q, out, scores, mix) plus
 ``2*2*d^2`` per source token per layer for its keys and values.
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 import numbers
 
 import numpy as np
@@ -91,7 +91,8 @@ def _check_tokens(tokens, name, config):
 
 
 class _Model(nn.Module):
-    """What every architecture shares: config, embeddings, dtype, FLOPs and attention probes."""
+    """What every architecture shares: config, embeddings, dtype (``config.dtype``: build with
+    ``dtype="float64"`` for gradient checks), FLOPs and attention probes."""
 
     def _common(self, config, rng):
         self.config = config
@@ -100,12 +101,6 @@ class _Model(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model, rng=rng, dtype=dt)
         self.drop = nn.Dropout(config.dropout, self.dropout_rng)  # on the embeddings
         return dt
-
-    def to(self, dtype):
-        """Cast every parameter (e.g. to float64 for gradient checks); the config follows."""
-        super().to(dtype)
-        self.config = replace(self.config, dtype=np.dtype(dtype).name)
-        return self
 
     def _pad_keys(self, tokens):
         pad = self.config.pad_id

@@ -115,16 +115,6 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
-    def to(self, dtype):
-        """Cast every parameter to a float dtype in place (e.g. float64 for gradient checks)."""
-        dtype = np.dtype(dtype)
-        if dtype.kind != "f":
-            raise ValueError(f"to: dtype must be a float dtype, got {dtype}")
-        for p in self.parameters():
-            p.data = p.data.astype(dtype)
-            p.grad = None
-        return self
-
     # ---- state dicts ------------------------------------------------------------------
     def state_dict(self):
         """name -> a copy of the parameter's array."""
@@ -149,10 +139,8 @@ class Module:
     def load_state_dict(self, state):
         """Copy arrays into the parameters. Strict (`check_state_dict`): a missing, extra or
         misshapen entry raises before anything is changed. Values take the parameter's dtype."""
-        params = self.check_state_dict(state)
-        arrays = {name: _array(state[name]).astype(p.dtype, copy=True) for name, p in params.items()}
-        for name, p in params.items():
-            p.data = arrays[name]
+        for name, p in self.check_state_dict(state).items():  # checked: the copies below cannot fail
+            p.data = _array(state[name]).astype(p.dtype, copy=True)
         return self
 
     def __repr__(self):

@@ -33,7 +33,7 @@ import zlib
 import numpy as np
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint",
-           "atomic_write", "write_json_atomic", "rng_state"]
+           "atomic_write", "write_json_atomic"]
 
 FORMAT = "minillm-checkpoint"
 VERSION = 1
@@ -49,7 +49,6 @@ def atomic_write(path, write):
     """Call ``write(binary_file)`` on a temporary file next to ``path``, make it durable, then
     rename it over ``path``. On any failure the temporary file is removed and ``path`` is
     untouched."""
-    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -77,14 +76,6 @@ def write_json_atomic(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
-# ---- RNG states as JSON ------------------------------------------------------------------------
-
-def rng_state(rng):
-    """A ``np.random.Generator``'s state as a JSON-able dict; `Checkpoint.restore` puts it back
-    into the Generator in place, so every holder of it (e.g. all Dropout layers) sees it."""
-    return rng.bit_generator.state
-
-
 # ---- save ------------------------------------------------------------------------------------
 
 def _model_config(model):
@@ -96,7 +87,9 @@ def save_checkpoint(path, model, optimizer=None, *, step=0, tokens_seen=0, confi
                     tokenizer=None, rng_states=None, extra=None):
     """Write a checkpoint atomically. ``config`` is the run's config (a JSON-able dict),
     ``tokenizer`` a minillm tokenizer (stored as its JSON), ``rng_states`` a dict name ->
-    ``rng_state(...)``, ``extra`` any JSON-able dict."""
+    ``generator.bit_generator.state`` (a JSON-able dict; ``Checkpoint.restore`` puts it back
+    into the Generator in place, so every holder of it, e.g. all Dropout layers, sees it),
+    ``extra`` any JSON-able dict."""
     arrays = {f"model/{name}": np.ascontiguousarray(a) for name, a in model.state_dict().items()}
     optim_meta = None
     if optimizer is not None:
@@ -135,7 +128,6 @@ class Checkpoint:
     config = property(lambda self: self.meta["config"])
     arch = property(lambda self: self.meta["arch"])
     model_config = property(lambda self: self.meta["model_config"])
-    rng = property(lambda self: self.meta["rng"])
 
     def error(self, what):
         return CheckpointError(f"checkpoint {self.path}: {what}")
@@ -156,8 +148,10 @@ class Checkpoint:
         self.restore(model)
         return model
 
-    def check_model(self, model):
-        """Raise CheckpointError unless this checkpoint was written for ``model``."""
+    def restore(self, model, optimizer=None, rngs=None):
+        """Load weights into ``model`` (and state into ``optimizer``, and RNG states into the
+        Generators of the dict ``rngs``). Everything is checked first: on any mismatch a
+        CheckpointError is raised and nothing has changed."""
         if self.arch is not None and getattr(model, "arch", None) != self.arch:
             raise self.error(f"was written for arch {self.arch!r}, the model is {getattr(model, 'arch', None)!r}")
         mine = _model_config(model)
@@ -170,12 +164,6 @@ class Checkpoint:
             model.check_state_dict(self.model_state)
         except (KeyError, ValueError) as e:
             raise self.error(f"weights do not fit the model: {e.args[0]}") from None
-
-    def restore(self, model, optimizer=None, rngs=None):
-        """Load weights into ``model`` (and state into ``optimizer``, and RNG states into the
-        Generators of the dict ``rngs``). Everything is checked first: on any mismatch a
-        CheckpointError is raised and nothing has changed."""
-        self.check_model(model)
         if optimizer is not None:
             if self.optimizer_state is None:
                 raise self.error("holds no optimiser state")
@@ -184,13 +172,13 @@ class Checkpoint:
             except ValueError as e:
                 raise self.error(f"optimiser state does not fit: {e}") from None
         for name in (rngs or {}):
-            if name not in self.rng:
+            if name not in self.meta["rng"]:
                 raise self.error(f"holds no state for RNG {name!r}")
         model.load_state_dict(self.model_state)
         if optimizer is not None:
             optimizer.load_state_dict(self.optimizer_state)
         for name, gen in (rngs or {}).items():
-            gen.bit_generator.state = self.rng[name]
+            gen.bit_generator.state = self.meta["rng"][name]
         return self
 
 

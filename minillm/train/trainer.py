@@ -37,7 +37,7 @@ from ..engine.tensor import no_grad
 from ..model.models import ModelConfig, build_model
 from ..model.nn import eval_mode
 from . import optim
-from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, write_json_atomic
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json_atomic
 
 __all__ = ["TrainConfig", "PRESETS", "Trainer", "NonFiniteLoss", "Interrupted", "evaluate_loss",
            "Corpus", "load_corpus", "BatchStream", "validation_batches"]
@@ -215,7 +215,6 @@ class Trainer:
         self.val_batches = validation_batches(cfg, corpus)
         self.step, self.tokens_seen = 0, 0
         self.last_checkpoint_step = None
-        self._stop = False
 
     # ---- run directory -------------------------------------------------------------------
     def path(self, name):
@@ -233,7 +232,7 @@ class Trainer:
         save_checkpoint(self.path("checkpoint.npz"), self.model, self.opt, step=self.step,
                         tokens_seen=self.tokens_seen, config=dataclasses.asdict(self.cfg),
                         tokenizer=self.corpus.tokenizer,
-                        rng_states={"dropout": rng_state(self.model.dropout_rng)})
+                        rng_states={"dropout": self.model.dropout_rng.bit_generator.state})
         write_json_atomic(self.path("config.json"), self.config_dict())
         self.last_checkpoint_step = self.step
 
@@ -244,33 +243,28 @@ class Trainer:
     def resume(cls, out_dir, corpus=None, progress=True, **overrides):
         """Continue the run in ``out_dir`` from its checkpoint. ``overrides`` may change the
         fields in ``RESUMABLE`` (e.g. ``tokens`` to extend the budget, which also stretches
-        the learning-rate schedule from here on), nothing else."""
+        the learning-rate schedule from here on), nothing else (an override equal to the
+        checkpoint's value changes nothing and is accepted)."""
         ck = load_checkpoint(os.path.join(out_dir, "checkpoint.npz"))
-        bad = [f"{k} (the checkpoint has {ck.config.get(k)!r})"
-               for k in sorted(set(overrides) - set(cls.RESUMABLE))]
+        bad = [f"{k} (the checkpoint has {ck.config.get(k)!r})" for k in sorted(overrides)
+               if k not in cls.RESUMABLE and overrides[k] != ck.config.get(k)]
         if bad:
             raise ValueError(f"cannot change {', '.join(bad)} when resuming, only {list(cls.RESUMABLE)}; "
                              "start a new run with --out")
         cfg = TrainConfig.from_dict({**ck.config, **overrides}, source=ck.path)
-        if corpus is None:
-            corpus = load_corpus(cfg.resolved())
+        corpus = load_corpus(cfg.resolved()) if corpus is None else corpus
         if corpus.tokenizer.to_dict() != ck.meta.get("tokenizer"):
             raise ck.error("was trained with another tokenizer than this data gives")
         trainer = cls(cfg, corpus, out_dir, progress)
         ck.restore(trainer.model, trainer.opt, rngs={"dropout": trainer.model.dropout_rng})
         trainer.step, trainer.tokens_seen = ck.step, ck.tokens_seen
         trainer.last_checkpoint_step = ck.step
-        trainer._trim_log()
+        log = os.path.join(out_dir, "log.jsonl")
+        if os.path.exists(log):  # drop the records written after the checkpoint: they will be redone
+            with open(log, encoding="utf-8") as f:
+                keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= ck.step]
+            atomic_write(log, lambda f: f.write("".join(keep).encode("utf-8")))
         return trainer
-
-    def _trim_log(self):
-        """Drop log records written after the checkpoint we resume from (they will be redone)."""
-        path = self.path("log.jsonl")
-        if path is None or not os.path.exists(path):
-            return
-        with open(path, encoding="utf-8") as f:
-            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        atomic_write(path, lambda f: f.write("".join(keep).encode("utf-8")))
 
     def log(self, record):
         path = self.path("log.jsonl")
@@ -319,7 +313,7 @@ class Trainer:
         Returns the final evaluation record. Raises ``Interrupted`` after Ctrl-C (having saved
         a checkpoint) and ``NonFiniteLoss`` on a NaN/inf loss (keeping the last checkpoint)."""
         cfg = self.cfg
-        self._stop = False
+        self._stop = False  # set by the first Ctrl-C (see _catch_sigint)
         progress = Progress(cfg.tokens, self.tokens_seen, self.show_progress)
         restore_sigint = self._catch_sigint()
         try:
