@@ -13,6 +13,8 @@ their losses must agree (column "dloss").
     python benchmarks/train_step.py --sweep          # ... plus the scaling sweep (full run)
     python benchmarks/train_step.py --quick          # tiny configs, few reps (~1-2 min)
     python benchmarks/train_step.py --configs tiny-cd,small --threads 2 --json out.json
+    python benchmarks/train_step.py --contention     # alone, two at once, beside a busy process
+                                                     # (benchmarks/contention.py; --quick, --policies ...)
 
 Every thread count runs in its own subprocess, with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
 MKL_NUM_THREADS, NUMBA_NUM_THREADS and MINILLM_NUM_THREADS set before NumPy or torch is
@@ -573,6 +575,9 @@ def spread(s):
 
 
 def main():
+    if "--contention" in sys.argv[1:]:   # two experiments at once: benchmarks/contention.py
+        import contention
+        return contention.main([a for a in sys.argv[1:] if a != "--contention"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny configs only, few repetitions")

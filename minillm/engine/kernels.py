@@ -48,6 +48,13 @@ def num_threads():
     return threads.num_threads()
 
 
+def adapt_threads():
+    """Call once per training step: while other processes crowd the cores, use fewer threads,
+    and take them back when cores are free again (`minillm/fast/sharing.py`, Numba-free)."""
+    from ..fast.sharing import adapt
+    return adapt()
+
+
 def gemm(a, b):
     """The tuned Numba GEMM (`minillm/fast/gemm_kernel.py`), with np.matmul semantics, on either backend."""
     return _fast().gemm(a, b)

@@ -14,7 +14,8 @@ The policy:
     with workqueue, whose idle workers sleep and must be woken for every kernel.
   * Numba and OpenBLAS get the same count, N = MINILLM_NUM_THREADS (default: the cores
     this process may run on). `set_num_threads(n)` changes both at run time; a thread
-    count of 1 makes every kernel serial.
+    count of 1 makes every kernel serial. `adapt()` lowers it while other processes
+    crowd the cores (below).
 The user can still choose the layer with NUMBA_THREADING_LAYER.
 
 Measured on the build machine (2 threads, `benchmarks/kernels.py --policy`: a step of 4
@@ -27,6 +28,46 @@ products, GELU, LayerNorm and a causal softmax; 2026-11-28, quiet machine):
 OpenMP with BLAS products is the fight described above; OpenMP with gemm is the fastest.
 (An earlier policy, workqueue with BLAS products, was the best choice while the hand GEMM
 was slower than OpenBLAS.)
+
+Sharing the cores with other processes (issue 25). libgomp's workers spin at each barrier
+(GOMP_SPINCOUNT, 300000 rounds by default) and a training step has ~180 parallel regions.
+When another busy process takes a core, a spinning worker holds one core while the thread
+it waits for is descheduled: two minillm trainings at once got 0.31x (tiny) and 0.64x
+(small) of the throughput of one. Spinning can only be tuned when libgomp loads
+(OMP_WAIT_POLICY, GOMP_SPINCOUNT); the thread count can change at any time. So:
+  * libgomp keeps its default spinning, the fastest alone (minillm sets neither variable;
+    the user's are read by libgomp as usual);
+  * `adapt()` (`sharing.py`, Numba-free), called once per training step, drops to one
+    thread once our threads have waited for a core for 0.5 s in a row (a core used by
+    someone else), and goes back to N after a core has been idle for 1 s (doubling that
+    wait after each return that found the cores crowded again). At one thread no worker
+    waits at a barrier, and two processes run a core each (the 1-thread step takes ~1.85x
+    the 2-thread one, so two at once make ~1.08x the throughput of one).
+    MINILLM_NUM_THREADS (which `minillm study --jobs` sets for its workers) fixes the
+    count and turns this off; MINILLM_ADAPT_THREADS=0|1 forces it off or on.
+Measured with `benchmarks/contention.py` (2 cores, 2026-12-04, 2 threads per process; ratio
+= throughput of the scenario / throughput of the same policy alone; adapt: whole 6 s or 12 s
+window including the first crowded steps, then its second half):
+
+    policy              alone ms        two at once      beside a busy loop
+                        tiny   small    tiny   small     tiny   small
+    before (spin)       77.5   618      0.31x  0.64x     0.17x  0.35x
+    adapt (chosen)      73.8   633      0.90x  1.02x     0.51x  0.51x
+      second half                       1.11x  1.07x     0.58x  0.54x
+    passive             97.9   615      1.39x  1.07x     0.70x  0.53x
+    GOMP_SPINCOUNT=1e4  81.5   620      0.89x  1.00x     0.45x  0.51x
+    GOMP_SPINCOUNT=3e4  78.9   625      0.59x  0.90x     0.30x  0.50x
+    workqueue           122    784      1.60x  1.29x     0.80x  0.67x
+    adapt + spin 1e4    78.2   602      1.13x  1.08x     (vs adapt 72.0 / 600 ms alone)
+    PyTorch 2.13 eager  87.7   731      0.41x  0.37x     0.18x  0.32x
+
+Alone, adapt and the old default ran back to back, 3 windows each: 78.9 vs 79.9 ms (tiny),
+600 vs 628 ms (small), 1.07x and 1.08x PyTorch's speed. Passive waiting and the workqueue
+layer share well but cost about 25% and 55% alone on tiny; spin counts trade one for the
+other (1e4 still loses 11-16% of the throughput two at once on tiny, and 5-9% alone). With
+MINILLM_KERNELS=numpy (2 OpenBLAS threads) two processes at once fell to 0.06x, and 1.31x
+with `adapt()`. Limits: the idle cores come from /proc/stat, so a CPU quota (cgroup
+cpu.max) that is smaller than the cores is not seen; without /proc `adapt()` does nothing.
 
 Vector width: on CPUs with AVX-512, Numba is told to vectorise loops with 512-bit registers
 (`_prefer_512_bit_vectors` below; LLVM's default tuning stops at 256 bits).
@@ -41,22 +82,30 @@ dtype it is called with (float64 copies only once float64 is used), and the firs
 compile of each dtype prints one line on stderr (`_ColdStart`); loading from the cache
 prints nothing.
 """
-import ctypes
-import glob
 import os
 import sys
 
 import numba
-import numpy as np
 from llvmlite import binding
 from numba import types
 from numba.core import event
 from numba.experimental.function_type import _get_wrapper_address
 from numba.extending import typeof_impl
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "default"
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+from . import sharing
+from .sharing import adapt  # noqa: F401  (the run-time half of the policy, Numba-free)
+
+
+def threading_layer(env=os.environ):
+    """Numba's (THREADING_LAYER, THREADING_LAYER_PRIORITY): OpenMP first, or None when the
+    user chose a layer with NUMBA_THREADING_LAYER."""
+    if "NUMBA_THREADING_LAYER" in env:
+        return None
+    return "default", ["omp", "workqueue", "tbb"]
+
+
+if threading_layer() is not None:
+    numba.config.THREADING_LAYER, numba.config.THREADING_LAYER_PRIORITY = threading_layer()
 
 
 def _prefer_512_bit_vectors():
@@ -175,35 +224,12 @@ def _typeof_pointer(value, context):
     return value.type
 
 
-def _openblas_setter():
-    """OpenBLAS's set_num_threads from the library NumPy loaded, or None if not found."""
-    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in glob.glob(os.path.join(libdir, "*openblas*")):
-        lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                     "openblas_set_num_threads"):
-            if hasattr(lib, name):
-                return getattr(lib, name)
-    return None
-
-
-_blas_set = _openblas_setter()
-
-
-def _default_threads():
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    return int(os.environ.get("MINILLM_NUM_THREADS", n))
-
-
 def set_num_threads(n):
     """Use n threads in both Numba kernels and OpenBLAS (clamped to 1..NUMBA_NUM_THREADS)."""
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
-    if _blas_set is not None:
-        _blas_set(ctypes.c_int(n))
+    if sharing.blas_set is not None:
+        sharing.blas_set(n)
     return n
 
 
@@ -212,4 +238,4 @@ def num_threads():
     return numba.get_num_threads()
 
 
-set_num_threads(_default_threads())
+set_num_threads(sharing.default_threads())

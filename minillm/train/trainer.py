@@ -32,7 +32,7 @@ import time
 
 from ..data.batches import IGNORE_INDEX, check_pair
 from ..data.corpus import BatchStream, Corpus, load_corpus, validation_batches  # also re-exported
-from ..engine import functional as F
+from ..engine import functional as F, kernels
 from ..engine.tensor import no_grad
 from ..model.models import ModelConfig, build_model
 from ..model.nn import eval_mode
@@ -323,6 +323,7 @@ class Trainer:
                     self.save()
                     raise Interrupted(f"interrupted at step {self.step} ({self.tokens_seen:,} tokens seen)")
                 record = self.train_step()
+                kernels.adapt_threads()   # fewer threads while other processes crowd the cores
                 timed_tokens += record["step_tokens"]
                 progress.update(record["step_tokens"], self.step, record["loss"])
                 if self.step % cfg.log_every == 0 or self.step == 1:
