@@ -1,22 +1,18 @@
 """Tests for minillm.world: determinism, the held-out split, answers that match the facts,
 a vocabulary the pretraining text covers, packing, probes, and that every arch:objective
 batch can be built from the world; and the toy tasks of tests/toy_tasks.py."""
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
 from minillm.data.batches import PAIRS, make_batch, make_prompt_batch, pack_sequences, positions_needed
-from minillm.data.world import FILLERS, PRESETS, RELATIONS, World
+from minillm.data.world import FILLERS, HELDOUT_KINDS, PRESETS, RELATIONS, TRAIN_KINDS, World
 from toy_tasks import TOY_TASKS, toy_examples, toy_tokenizer
 
 
 def pretraining_sequences(world, epoch=0, seq_len=None):
-    """The sentences of one epoch packed greedily, in order, into sequences of at most
-    ``seq_len`` tokens (default: the preset's)."""
-    seq_len = world.config.seq_len if seq_len is None else seq_len
-    return pack_sequences([world.tokenizer.encode(s) for s in world.sentences(epoch)], seq_len)
+    """The documents of one epoch as token arrays, each at most ``seq_len`` tokens (default: the preset's)."""
+    return [world.tokenizer.encode(d) for d in world.documents(epoch, seq_len)]
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +25,9 @@ def default():
     return World("default", seed=0)
 
 
-def test_smoke_builds_fast_and_presets_have_their_sizes():
-    start = time.perf_counter()
-    w = World("smoke", seed=11)
-    pretraining_sequences(w)
-    assert time.perf_counter() - start < 0.5
+def test_presets_have_their_sizes():
     sizes = {p: (PRESETS[p].n_entities, len(PRESETS[p].relations), PRESETS[p].n_values) for p in PRESETS}
-    assert sizes["default"] == (40, 8, 8)  # the study's world
+    assert sizes["default"] == (16, 8, 8)  # the study's world
     assert sizes["smoke"][0] < sizes["default"][0] < sizes["large"][0]
 
 
@@ -54,25 +46,56 @@ def test_same_seed_same_world_and_different_seed_different_world():
 
 
 @pytest.mark.parametrize("preset", ["smoke", "default"])
-def test_heldout_tasks_share_no_relation_no_template_no_example(preset):
+def test_heldout_tasks_share_no_relation_no_type_no_example_with_finetuning(preset):
     w = World(preset, seed=1)
     train, held = w.train_tasks, w.heldout_tasks
     assert train and held and len(train) + len(held) == len(w.tasks)
-    train_rel = {r for t in train for r in t.relations}
-    held_rel = {r for t in held for r in t.relations}
-    assert held_rel == set(PRESETS[preset].heldout) and not (train_rel & held_rel)
-    assert not ({tpl for t in train for tpl in t.templates} & {tpl for t in held for tpl in t.templates})
-    ft_prompts = {p for p, _ in w.finetuning_examples()}
+    assert {t.kind for t in train} == set(TRAIN_KINDS) and {t.split for t in held} == {"heldout_relation",
+                                                                                       "heldout_type"}
+    assert not ({r for t in train for r in t.relations} & set(PRESETS[preset].heldout))
+    types = [t for t in held if t.split == "heldout_type"]
+    assert {t.kind for t in types} == set(HELDOUT_KINDS) and {t.relations[0] for t in types} == set(w.relations)
+    assert all(t.kind in TRAIN_KINDS and t.relations[0] in w.heldout_relations for t in held if t not in types)
+    ft = w.finetuning_examples(seed=3)
+    ft_prompts = {p for p, _ in ft}
+    assert ft_prompts == {ex.prompt for t in train for ex in t.examples}   # every training example, nothing else
     assert not (ft_prompts & {ex.prompt for t in held for ex in t.examples})
-    decode = w.tokenizer.decode
-    ft_words = {word for p, a in w.finetuning_examples() for word in decode(p + a).split()}
-    assert not (ft_words & held_rel)  # no held-out relation is ever named in finetuning
-    assert not (ft_words & {v for r in held_rel for v in w.values[r]})  # nor any of its values
-    assert len(w.finetuning_examples()) == sum(len(t.examples) for t in train)
+    # no finetuning prompt has the form of a held-out type: no "or" choice, no stated facts before a question,
+    # no fresh entity; and no held-out relation or its values is ever named
+    texts = [w.tokenizer.decode(p) for p, _ in ft]
+    values = {v for r in w.relations for v in w.values[r]}
+    assert not any(stated_facts(x, w) or sum(x in values for x in x.split()) > 1 for x in texts)
+    named = {x for t in texts for x in t.split()}
+    assert not (named & set(w.fresh_entities))
+    assert not (named & (set(w.heldout_relations) | {v for r in w.heldout_relations for v in w.values[r]}))
+
+
+def test_finetuning_mixture_gives_every_training_task_an_equal_share(default):
+    w = default
+    ft = w.finetuning_examples(seed=0)
+    owner = {ex.prompt: t.name for t in w.train_tasks for ex in t.examples}
+    counts = {t.name: 0 for t in w.train_tasks}
+    for p, _ in ft:
+        counts[owner[p]] += 1
+    assert len(set(counts.values())) == 1, counts   # qa has 3x16 examples and verify 3x32: still equal shares
+    assert len({len(t.examples) for t in w.train_tasks}) > 1
 
 
 def entity_in(text, w):
-    found = [e for e in text.split() if e in w.entities]
+    return [e for e in text.split() if e in w.entities + w.fresh_entities]
+
+
+def stated_facts(text, w):
+    """(entity, relation, value) of every statement in a text, read back through the templates."""
+    found = []
+    for sentence in text.split(" . "):
+        words = sentence.rstrip(" .").split()
+        ents = [x for x in words if x in w.entities + w.fresh_entities]
+        for r in w.relations:
+            vals = [x for x in words if x in w.values[r]]
+            if vals and any(sentence.rstrip(" .") + " ." == t.format(e=ents[0], v=vals[0])
+                            for t in RELATIONS[r].statements):
+                found.append((ents[0], r, vals[0]))
     return found
 
 
@@ -80,99 +103,77 @@ def entity_in(text, w):
 def test_answers_are_among_choices_and_match_the_facts(preset):
     w = World(preset, seed=2)
     for t in w.tasks + list(w.probes.values()) + list(w.mlm_probes.values()):
-        assert t.examples and len(t.by_template()) == len(t.templates)
-        assert all(g for g in t.by_template())
+        assert t.examples and len(t.by_template()) == len(t.templates) and all(g for g in t.by_template())
         (r,) = t.relations
         answers = []
         for ex in t.examples:
             assert 0 <= ex.answer < len(ex.choices) and len(set(ex.choices)) == len(ex.choices)
             assert w.tokenizer.decode(ex.prompt) == ex.text
             choice = w.tokenizer.decode(ex.target, skip_special=True)
-            ents = entity_in(ex.text, w)
-            words = ex.text.split()
-            if t.kind in ("qa", "probe", "mlm_probe"):
-                assert choice == w.facts[ents[0], r]
+            ents = set(entity_in(ex.text, w))
+            assert len(ents) == 1
+            (e,) = ents
+            if t.kind == "read":   # the answer is stated in the prompt, about a fresh entity
+                assert e in w.fresh_entities and (e, r, choice) in stated_facts(ex.text, w)
+                assert [f[1] for f in stated_facts(ex.text, w)].count(r) == 1
             elif t.kind == "verify":
-                claimed = [x for x in words if x in w.values[r]]
-                assert choice == ("yes" if w.facts[ents[0], r] == claimed[0] else "no")
+                claimed = [x for x in ex.text.split() if x in w.values[r]]
+                assert choice == ("yes" if w.facts[e, r] == claimed[0] else "no")
             else:
-                assert len(ents) == 2
-                assert choice == ("yes" if w.facts[ents[0], r] == w.facts[ents[1], r] else "no")
+                assert choice == w.facts[e, r]
+            if t.kind in ("probe", "mlm_probe"):   # the other facts around it are true, the probed one unstated
+                facts = stated_facts(ex.text, w)
+                assert facts and all(w.facts[f[0], f[1]] == f[2] and f[1] != r for f in facts)
             answers.append(ex.answer)
-        if t.kind in ("verify", "compare"):
-            assert answers.count(0) == answers.count(1)  # balanced yes/no
-        assert t.random_baseline == pytest.approx(1 / len(t.examples[0].choices))
+        if t.kind in ("verify", "choice"):
+            assert abs(answers.count(0) - answers.count(1)) <= len(answers) // 3
 
 
-def test_facts_are_balanced_and_stated_consistently(default):
+def test_documents_are_about_one_entity_and_state_its_facts(default):
     w = default
-    for r in w.relations:
-        counts = np.unique([w.facts[e, r] for e in w.entities], return_counts=True)[1]
-        assert len(counts) == 8 and counts.max() - counts.min() <= 1
+    docs = w.documents(epoch=0, length=57)
+    assert docs != w.documents(epoch=1, length=57) and docs == w.documents(epoch=0, length=57)
+    kinds = {"known": 0, "fresh": 0, "filler": 0}
     stated = set()
-    value_of = {v: r for r in w.relations for v in w.values[r]}
-    for s in w.sentences(epoch=0):
-        words = s.split()
-        ents = [x for x in words if x in w.entities]
-        vals = [x for x in words if x in value_of]
-        if not ents:  # filler: no entity, no value
-            assert s in FILLERS and not vals
+    for d in docs:
+        assert 1 <= len(d.split()) <= 57 and d.endswith(" .")
+        ents = set(entity_in(d, w))
+        if not ents:
+            rest = d
+            for f in FILLERS:
+                rest = rest.replace(f, "")
+            assert rest.strip() == "", d   # filler sentences only
+            kinds["filler"] += 1
             continue
-        assert len(ents) == 1 and len(vals) == 1
-        assert w.facts[ents[0], value_of[vals[0]]] == vals[0]
-        stated.add((ents[0], value_of[vals[0]]))
-    assert stated == set(w.facts)  # every fact is stated in every epoch
-    n_filler = sum(s in FILLERS for s in w.sentences(epoch=0))
-    assert 0.03 < n_filler / len(w.sentences(epoch=0)) < 0.08
+        assert len(ents) == 1   # one entity per document, always in view
+        (e,) = ents
+        facts = stated_facts(d, w)
+        assert len(facts) == d.count(" . ") + 1 and len(facts) >= 7   # every sentence a statement about e
+        if e in w.entities:
+            kinds["known"] += 1
+            assert all(w.facts[e, r] == v for _, r, v in facts)
+            assert {r for _, r, _ in facts[:len(w.relations)]} == set(w.relations)  # each fact before any repeat
+            stated |= {(e, r) for _, r, _ in facts}
+        else:
+            kinds["fresh"] += 1
+            assert len({(r, v) for _, r, v in facts}) == len({r for _, r, _ in facts})   # consistent within the row
+    assert stated == set(w.facts)
+    assert kinds["known"] == len(w.entities) * w.config.mentions
+    assert kinds["fresh"] / len(docs) == pytest.approx(w.config.fresh_fraction, abs=0.02)
+    assert kinds["filler"] / len(docs) == pytest.approx(w.config.filler_fraction, abs=0.02)
 
 
 @pytest.mark.parametrize("preset", ["smoke", "default"])
 def test_pretraining_text_covers_every_prompt_and_answer_word(preset):
     w = World(preset, seed=3)
-    text_words = set("\n".join(w.sentences()).split())
+    text_words = set(" ".join(d for e in range(3) for d in w.documents(e)).split())
     used = set()
     for t in w.tasks + list(w.probes.values()):
         for ex in t.examples:
             used |= set(w.tokenizer.decode(ex.prompt + ex.target).split())
-    assert used - text_words == set()
-
-
-@pytest.mark.parametrize("seq_len", [24, 31, 63])
-def test_packing_keeps_whole_sentences_in_order(smoke, seq_len):
-    seqs = pretraining_sequences(smoke, epoch=2, seq_len=seq_len)
-    assert all(1 <= len(s) <= seq_len for s in seqs)
-    sentences = smoke.sentences(epoch=2)
-    assert smoke.tokenizer.decode(np.concatenate(seqs)) == " ".join(sentences)
-    for s in seqs:
-        assert smoke.tokenizer.decode(s).endswith(" .")  # every sequence ends a sentence
-    # greedy, recomputed from the sentence lengths: a new sequence starts only when the
-    # next sentence does not fit
-    expected, used = [], 0
-    for n in (len(x.split()) for x in sentences):
-        if used + n > seq_len:
-            expected.append(used)
-            used = 0
-        used += n
-    assert [len(s) for s in seqs] == expected + [used]
-    with pytest.raises(ValueError, match="needs .* positions but max_len is 5"):
-        pretraining_sequences(smoke, seq_len=5)
-
-
-def test_probes():
-    w = World("smoke", seed=0, mentions=30)  # every template of every fact appears
-    text = "\n".join(w.sentences())
-    for r in w.relations:
-        probe, mlm = w.probes[r], w.mlm_probes[r]
-        assert list(probe.choice_texts) == list(w.values[r]) == list(RELATIONS[r].values[:4])
-        assert [w.tokenizer.decode(c) for c in probe.examples[0].choices] == list(w.values[r])
-        for ex, mx in zip(probe.examples, mlm.examples):
-            full = ex.text + " " + w.tokenizer.decode(ex.target) + " ."
-            assert full in text  # the probe is a statement the text makes, cut before the value
-            s0 = w.tokenizer.sentinel_ids[0]
-            assert mx.prompt.count(s0) == 1 and all(c[0] == s0 and len(c) == 2 for c in mx.choices)
-            filled = mx.text.replace("<extra_id_0>", w.tokenizer.decode(mx.target[1:]))
-            assert filled == full
-    assert {p.split for p in w.probes.values()} == {"train", "heldout"}
+    assert used - text_words - set(w.fresh_entities) == set()
+    if preset == "default":   # every fresh name occurs within 20 epochs (a study's pretraining runs ~150)
+        assert set(w.fresh_entities) <= set(" ".join(d for e in range(20) for d in w.documents(e)).split())
 
 
 @pytest.mark.parametrize("arch,objective", PAIRS)

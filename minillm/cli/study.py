@@ -12,8 +12,9 @@ import numpy as np
 
 from . import UsageError, open_checkpoint, usage_errors
 from ..study import rank
+from ..study.events import format_events
 from ..study.plan import PRESETS, is_done, units
-from ..study.results import collect, report, write_outputs
+from ..study.results import chosen_rates, collect, format_sweep, report, sweep, write_outputs
 from ..study.run import run_study as _run_study
 from ..train.checkpoint import write_json_atomic
 from ..train.trainer import Interrupted, TrainConfig, load_corpus
@@ -33,6 +34,10 @@ def add_study_arguments(p):
     p.add_argument("--unit", metavar="NAME", help="run only this unit (its source unit must be finished)")
     p.add_argument("--list-units", action="store_true", help="print the units, in dependency order, and exit")
     p.add_argument("--report", action="store_true", help="only print the table of the units finished so far")
+    p.add_argument("--events", action="store_true", help="print how often each pair's batches make a fact's value "
+                   "a loss target with its entity in view (events per token seen), and exit")
+    p.add_argument("--tune", action="store_true", help="run the learning-rate sweep instead: each pair at 3 rates for "
+                   "1/4 of its budget, seed 0; prints each pair's losses and the rate to put in the preset")
     p.add_argument("--force", action="store_true", help="start over in an existing study directory of another config")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -42,26 +47,36 @@ def run_study(args):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     cfg = dataclasses.replace(PRESETS[args.preset], seeds=args.seeds or PRESETS[args.preset].seeds)
+    if args.events:
+        print(format_events(cfg.world))
+        return 0
     if args.dask and importlib.util.find_spec("distributed") is None:
         raise UsageError('--dask needs Dask, which is not installed: pip install "dask[distributed]"')
     out = args.out or os.path.join("runs", f"study-{args.preset}")
     _use_directory(out, cfg, args.force)
     if args.list_units:
-        for u in units(cfg):
+        for u in units(cfg, args.tune):
             state = "done" if is_done(out, u.name) else "todo"
-            print(f"{u.name:28s} {state:5s} minillm study --preset {args.preset} --seeds {cfg.seeds} --out {out} --unit {u.name}")
+            print(f"{u.name:28s} {state:5s} minillm study --preset {args.preset} --seeds {cfg.seeds} --out {out} "
+                  f"{'--tune ' * args.tune}--unit {u.name}")
         return 0
     if not args.report:
         start = time.perf_counter()
         try:
             with usage_errors():
-                _run_study(cfg, out, args.jobs, args.unit, not args.no_progress, dask=args.dask,
+                _run_study(cfg, out, args.jobs, args.unit, not args.no_progress, dask=args.dask, tune=args.tune,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
         except (Interrupted, KeyboardInterrupt):
             print(f"study interrupted: finished units are kept and the unit in flight resumes from its "
                   f"checkpoint; rerun the same command to continue", file=sys.stderr)
             return 130
         print(f"study: {time.perf_counter() - start:.0f} s of work this run", file=sys.stderr)
+    if args.tune:
+        found = sweep(cfg, out)
+        write_json_atomic(os.path.join(out, "tune.json"), {"lr_sweep": found, "lr": chosen_rates(found)})
+        print(f"{format_sweep(found)}\nsaved in {os.path.join(out, 'tune.json')}: set StudyConfig.lr and lr_sweep "
+              f"of the preset (minillm/study/plan.py) to these")
+        return 0
     summary = collect(cfg, out)
     write_outputs(summary, out)
     print(report(summary))

@@ -5,7 +5,7 @@ Every objective cuts a sequence ``x`` into a *context* ``c`` (seen, no loss) and
 *output* ``o`` (predicted, ends with EOS):
 
     FLM  c = []              o = x + [EOS]
-    PLM  c = x[:s]           o = x[s:] + [EOS]         s ~ UniformInt[1, L-1]
+    PLM  c = x[:s]           o = x[s:] + [EOS]         s ~ UniformInt[1, L-1] (or see split_ids)
     MLM  c = inputs          o = targets + [EOS]       (T5 span corruption of x)
 
 Decoder-only (``"cd"``, ``"nd"``), called ``model(tokens, prefix_len)``:
@@ -111,7 +111,7 @@ def _as_seq(x, index) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _cut(objective, x, index, tok, rng, noise_density, mean_span_length):
+def _cut(objective, x, index, tok, rng, noise_density, mean_span_length, split_ids=None):
     """Context and output (with EOS) of one sequence."""
     eos = np.array([tok.eos_id], dtype=np.int64)
     if objective == "flm":
@@ -120,7 +120,7 @@ def _cut(objective, x, index, tok, rng, noise_density, mean_span_length):
         return x[:0], np.concatenate([x, eos])
     try:  # plm_split and span_corruption check the sequence; say which one it is
         if objective == "plm":
-            s = plm_split(len(x), rng)
+            s = plm_split(len(x), rng, None if split_ids is None else np.flatnonzero(np.isin(x, split_ids)))
             return x[:s], np.concatenate([x[s:], eos])
         inputs, targets = span_corruption(x, tok.sentinel_ids, noise_density, mean_span_length, rng)
     except ValueError as e:
@@ -200,14 +200,15 @@ def pack_sequences(sequences: Sequence, max_len: int, eos_id: Optional[int] = No
 def make_batch(arch: str, objective: str, sequences: Sequence, tokenizer, rng=None,
                max_len: Optional[int] = None, *, noise_density: float = 0.15,
                mean_span_length: float = 3.0, pack: bool = False,
-               pad_to: Optional[int] = None) -> Batch:
+               pad_to: Optional[int] = None, split_ids=None) -> Batch:
     """Build one batch of ``arch:objective`` from 1-D integer token sequences.
 
     ``rng`` (Generator or int seed) draws the PLM split points and MLM noise spans.
     ``max_len`` bounds every row (ED: src and target separately); a sequence that cannot
     fit raises ``ValueError``. ``pad_to`` pads to a fixed width instead of the longest row.
     ``pack=True`` (FLM only) packs several sequences per row (see the module docstring);
-    then the batch may have fewer rows than sequences.
+    then the batch may have fewer rows than sequences. ``split_ids``: PLM splits just before
+    one of these token ids where a sequence holds any (``objectives.plm_split``).
     """
     arch, objective = check_pair(arch, objective)
     seqs = [_as_seq(x, i) for i, x in enumerate(sequences)]
@@ -220,7 +221,7 @@ def make_batch(arch: str, objective: str, sequences: Sequence, tokenizer, rng=No
     rng = as_rng(rng)
     examples = []
     for i, x in enumerate(seqs):
-        ctx, out = _cut(objective, x, i, tokenizer, rng, noise_density, mean_span_length)
+        ctx, out = _cut(objective, x, i, tokenizer, rng, noise_density, mean_span_length, split_ids)
         examples.append(_layout(arch, ctx, out, tokenizer, src_eos=(objective == "mlm")))
     prefix_on = arch == "nd" and objective != "flm"
     return _assemble(arch, objective, examples, tokenizer, max_len, pad_to, prefix_on)

@@ -31,27 +31,29 @@ class Corpus:
     train: object
     val: list
     name: str = ""
+    split_ids: object = None   # PLM splits before one of these ids (the world: a fact's value)
 
     def train_docs(self, epoch):
         return self.train(epoch) if callable(self.train) else self.train
 
 
-VAL_EPOCH = 999_999  # the world epoch whose sentences serve as validation text
+VAL_EPOCH = 999_999  # the world epoch whose documents serve as validation text
 
 
 def load_corpus(cfg):
     """The corpus a (resolved) config names: a text file, or the built-in world of the
-    config's preset, where each sentence is a document and training epoch e uses the
-    world's sentences of epoch e (its facts restated in fresh templates)."""
+    config's preset, whose documents are made as long as a row of the run's layout holds,
+    training epoch e using the world's documents of epoch e (restated in fresh templates);
+    PLM splits them just before a fact's value."""
     if cfg.data == "world":
         world = World(cfg.world_preset or cfg.preset, seed=cfg.world_seed)
-        tok = world.tokenizer
+        tok, length = world.tokenizer, longest_fitting(cfg.arch, cfg.objective, cfg.max_len)
 
-        def sentences(epoch):
-            return [tok.encode(s) for s in world.sentences(epoch)]
+        def documents(epoch):
+            return [tok.encode(d) for d in world.documents(epoch, length)]
 
         name = f"world:{cfg.world_preset or cfg.preset}:{cfg.world_seed}"
-        return Corpus(tok, sentences, sentences(VAL_EPOCH), name=name)
+        return Corpus(tok, documents, documents(VAL_EPOCH), name=name, split_ids=world.value_ids)
     # a UTF-8 text file, byte-tokenized, cut into documents of the longest length whose
     # batches fit max_len; the last 5% of them (at least one) are held out for validation
     if not os.path.isfile(cfg.data):
@@ -112,7 +114,7 @@ class BatchStream:
     def batch(self, index):
         seqs = [self._row(index * self.batch_size + j) for j in range(self.batch_size)]
         return make_batch(self.arch, self.objective, seqs, self.tokenizer,
-                          np.random.default_rng([self.seed, index]), self.max_len)
+                          np.random.default_rng([self.seed, index]), self.max_len, split_ids=self.corpus.split_ids)
 
 
 def validation_batches(cfg, corpus):

@@ -2,8 +2,9 @@
 
 - FLM (full language modeling): predict every next token. Nothing to cut; the batch
   builders in ``minillm.data.batches`` lay it out.
-- PLM (prefix language modeling): split a sequence at ``s ~ UniformInt[1, L-1]``; the
-  prefix ``x[:s]`` is context, the continuation ``x[s:]`` carries the loss.
+- PLM (prefix language modeling): split a sequence at ``s ~ UniformInt[1, L-1]`` (or at one
+  of the positions a corpus marks); the prefix ``x[:s]`` is context, the continuation
+  ``x[s:]`` carries the loss.
 - MLM (T5 span corruption): ``random_spans_noise_mask`` picks noise spans exactly as T5's
   ``random_spans_noise_mask`` does; ``span_corruption`` replaces each span by a sentinel in
   the inputs and makes targets of "sentinel, hidden tokens" for every span.
@@ -131,9 +132,13 @@ def corrupted_lengths(length, noise_density=0.15, mean_span_length=3.0):
     return int(length) - n_noise + n_spans, n_noise + n_spans
 
 
-def plm_split(length, rng=None) -> int:
-    """A PLM split point ``s ~ UniformInt[1, length - 1]`` (both ends included)."""
+def plm_split(length, rng=None, at=None) -> int:
+    """A PLM split point ``s ~ UniformInt[1, length - 1]`` (both ends included); or, if the
+    positions ``at`` hold any in that range, one of them drawn uniformly (the world splits
+    just before a fact's value, so the continuation starts where a question's answer does)."""
     length = int(length)
     if length < 2:
         raise ValueError(f"sequence too short to split for PLM: length {length}, need >= 2")
-    return int(as_rng(rng).integers(1, length))
+    rng = as_rng(rng)
+    at = [] if at is None else [int(s) for s in at if 1 <= s < length]
+    return at[int(rng.integers(len(at)))] if at else int(rng.integers(1, length))

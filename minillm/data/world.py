@@ -1,28 +1,33 @@
 """The built-in synthetic world the study trains on: made-up people with attributes,
-plain-text statements of those facts for pretraining, and prompted tasks over them for
+entity-centric pretraining text stating those facts, and prompted tasks over them for
 multitask finetuning and zero-shot evaluation.
 
 One-token entities x 8 relations (colour, city, job, pet, food, sport, instrument,
-language) x up to 8 one-token values; 3 statement templates per relation, entity before
-value; about 5% filler sentences so that the words of the question frames are known;
-each sentence is a document (the trainer packs them, ``minillm.data.corpus``). The design was
-chosen because a small prototype showed that on such a world a toy model learns the
-facts and transfers to tasks on held-out relations.
+language) x up to 8 one-token values, 3 statement templates per relation (entity before
+value). A pretraining *document* is about one entity: its facts in random order and
+templates, restated while whole sentences fit the row ("zibo owns a cat . zibo lives in
+rome . the job of zibo is baker . ..."). So the entity is always in view, a PLM prefix is
+about its continuation, and a split just before a value puts that value where a question's
+answer goes. Besides the known entities' documents there are *fresh* ones, about a name
+with facts drawn anew for that document (they can be predicted only by reading the row),
+and filler documents that teach the words of the question frames.
 
     world = World("default", seed=0)
-    world.tokenizer                          # WordTokenizer, pad/bos/eos/sep/sentinels
-    world.sentences(epoch=0)                 # pretraining text: one epoch of sentences
-    world.train_tasks, world.heldout_tasks   # Task objects, split by relation
-    world.finetuning_examples(seed=0)        # (prompt ids, answer ids), training tasks only
-    world.probes["pet"]                      # "the pet of X is a" -> the 8 pets
-    world.mlm_probes["pet"]                  # "the pet of X is a <extra_id_0> ." -> [<extra_id_0>, pet]
+    world.documents(epoch=0, length=63)      # pretraining text: one epoch of documents
+    world.train_tasks, world.heldout_tasks   # Task objects (see below)
+    world.finetuning_examples(seed=0)        # (prompt ids, answer ids), an equal share per training task
+    world.probes["pet"]                      # "<zibo's other facts> the pet of zibo is a" -> the 8 pets
+    world.mlm_probes["pet"]                  # the same with the value a sentinel -> [<extra_id_0>, pet]
 
-Tasks: for every relation a question task (``<rel>_qa``: 3 templates, the relation's
-values as choices), a yes/no verification task (``verify_<rel>``) and a yes/no comparison
-of two entities (``compare_<rel>``). A task's split is its relation's split, so held-out
-tasks share no relation with training tasks; templates are stored with the relation word
-filled in, so no template string is shared either. Frames such as "question : what is the
-... of X ? answer :" recur across relations by design: that is what can transfer.
+Task types, as T0 splits them: finetuning shows two types, on the training relations only:
+``qa`` ("question : what is the pet of X ? answer :" -> a value) and ``verify`` ("question :
+is the pet of X a cat ? answer :" -> yes/no). Held out are (1) the same types on the
+held-out relations, whose facts the model knows only from pretraining, and (2) two task
+*types* no finetuning example shows, in any relation: ``read`` (the prompt states a fresh
+entity's facts, then asks one: nothing to remember, only the input to read) and ``choice``
+(a memorised fact in a new format: "question : is the pet of X a cat or a dog ? answer :").
+Task names are ``<kind>_<relation>``; ``Task.split`` is "train", "heldout_relation" or
+"heldout_type".
 
 Everything is a pure function of (preset, seed, overrides); the same arguments give
 identical data. NumPy only.
@@ -37,9 +42,7 @@ import numpy as np
 
 from .tokenizer import WordTokenizer, sentinel_name
 
-__all__ = ["RELATIONS", "WorldConfig", "PRESETS", "Example", "Task", "World"]
-
-
+__all__ = ["RELATIONS", "WorldConfig", "PRESETS", "Example", "Task", "World", "TRAIN_KINDS", "HELDOUT_KINDS"]
 @dataclass(frozen=True)
 class Relation:
     name: str
@@ -81,12 +84,13 @@ VERIFY_TEMPLATES = (
     "{e} {rel} {v} ? yes or no :",
     "true or false : the {rel} of {e} is {v} . answer :",
 )
-COMPARE_TEMPLATES = (
-    "question : do {e} and {f} have the same {rel} ? answer :",
-    "{e} {f} same {rel} ? yes or no :",
-    "is the {rel} of {e} the same as the {rel} of {f} ? answer :",
+CHOICE_TEMPLATES = (
+    "question : is the {rel} of {e} {v} or {w} ? answer :",
+    "{e} {rel} : {v} or {w} ?",
+    "which is the {rel} of {e} , {v} or {w} ? answer :",
 )
 YES_NO = ("yes", "no")
+TRAIN_KINDS, HELDOUT_KINDS = ("qa", "verify"), ("read", "choice")
 
 # Filler: no entity, no attribute value; teaches the words of the question frames.
 FILLERS = (
@@ -103,37 +107,41 @@ FILLERS = (
     "question : is the moon made of glass ? answer : no .",
     "true or false : the sea is wet . answer : true .",
     "true or false : the sea is dry . answer : false .",
-    "question : do the sun and the earth have the same size ? answer : no .",
-    "is the size of the sun the same as the size of the sun ? yes or no : yes .",
+    "question : is the sea blue or grey ? answer : both .",
+    "which is bigger , the sun or the moon ? answer : the sun .",
     "people live in houses and play games .",
 )
 
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Sizes of a world. ``mentions``: statements of each fact per epoch of pretraining
-    text; ``max_examples``: cap per task and template (``<rel>_qa`` always has one per
-    entity); ``seq_len``: the width tests and tutorials pack the sentences to (a training
-    run packs them to its model's ``max_len`` instead)."""
+    """Sizes of a world. ``mentions``: documents per known entity per epoch of pretraining
+    text; ``fresh_fraction`` and ``filler_fraction``: shares of all documents about fresh
+    entities and of filler; ``n_fresh``: names reserved for fresh entities (the ``read``
+    tasks use them too); ``max_examples``: items per task and template; ``seq_len``: the
+    document length tests and tutorials use (a training run fits documents to its rows)."""
 
     n_entities: int
     n_values: int = 8
     heldout: Tuple[str, ...] = ("pet", "instrument", "language")
     relations: Tuple[str, ...] = tuple(RELATIONS)
     mentions: int = 8
+    fresh_fraction: float = 0.1
     filler_fraction: float = 0.05
+    n_fresh: int = 32
     seq_len: int = 63
-    max_examples: int = 200
+    max_examples: int = 48
     n_sentinels: int = 32
 
 
 PRESETS = {
     # for tests: builds in milliseconds
-    "smoke": WorldConfig(n_entities=8, n_values=4, mentions=2, seq_len=31, max_examples=16, n_sentinels=16),
-    # the study's world: 40 x 8 x 8, packed to 63 tokens (+BOS = 64 for FLM)
-    "default": WorldConfig(n_entities=40),
-    # more facts and longer sequences, for larger budgets
-    "large": WorldConfig(n_entities=100, mentions=8, seq_len=127, max_examples=400),
+    "smoke": WorldConfig(n_entities=8, n_values=4, mentions=2, n_fresh=8, seq_len=31, max_examples=8,
+                         n_sentinels=16),
+    # the study's world (16 known entities: the pilot's size at which ED:MLM learns the facts in budget)
+    "default": WorldConfig(n_entities=16),
+    # more facts, for larger budgets
+    "large": WorldConfig(n_entities=64, max_examples=64),
 }
 
 
@@ -203,12 +211,12 @@ class World:
             raise ValueError(f"heldout: {bad[0]!r} is not one of the relations {cfg.relations}")
         if not 2 <= cfg.n_values <= 8:
             raise ValueError(f"n_values must be in [2, 8], got {cfg.n_values}")
-        if cfg.n_entities < 2:
-            raise ValueError(f"n_entities must be >= 2, got {cfg.n_entities}")
-        if cfg.mentions < 1:
-            raise ValueError(f"mentions must be >= 1, got {cfg.mentions}")
-        if not 0 <= cfg.filler_fraction < 1:
-            raise ValueError(f"filler_fraction must be in [0, 1), got {cfg.filler_fraction}")
+        for name, low in (("n_entities", 2), ("mentions", 1), ("n_fresh", 1), ("max_examples", 1)):
+            if getattr(cfg, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
+        if not (0 <= cfg.fresh_fraction and 0 <= cfg.filler_fraction and cfg.fresh_fraction + cfg.filler_fraction < 1):
+            raise ValueError(f"fresh_fraction and filler_fraction must be >= 0 with a sum below 1, got "
+                             f"{cfg.fresh_fraction} and {cfg.filler_fraction}")
         self.preset, self.seed, self.config = preset, int(seed), cfg
         rng = np.random.default_rng([self.seed, 0])
         self.relations = tuple(cfg.relations)
@@ -216,15 +224,17 @@ class World:
         self.train_relations = tuple(r for r in self.relations if r not in cfg.heldout)
         self.values = {r: RELATIONS[r].values[: cfg.n_values] for r in self.relations}
         vocab_words = {w for t in self._all_template_text() for w in t.split()}
-        self.entities = tuple(_entity_names(cfg.n_entities, rng, vocab_words))
+        names = _entity_names(cfg.n_entities + cfg.n_fresh, rng, vocab_words)
+        self.entities, self.fresh_entities = tuple(names[:cfg.n_entities]), tuple(names[cfg.n_entities:])
         # balanced facts: each value held by n_entities / n_values entities (+-1)
         self.facts: Dict[Tuple[str, str], str] = {}
         for r in self.relations:
             idx = rng.permutation(np.arange(cfg.n_entities) % cfg.n_values)
             for e, k in zip(self.entities, idx):
                 self.facts[e, r] = self.values[r][k]
-        words = vocab_words | set(self.entities) | {v for r in self.relations for v in self.values[r]}
+        words = vocab_words | set(names) | {v for r in self.relations for v in self.values[r]}
         self.tokenizer = WordTokenizer(sorted(words), n_sentinels=cfg.n_sentinels)
+        self.value_ids = np.array(sorted({self.tokenizer.encode(v)[0] for vs in self.values.values() for v in vs}))
         self.tasks = self._make_tasks()
         self.probes = {r: self._probe(r, mlm=False) for r in self.relations}
         self.mlm_probes = {r: self._probe(r, mlm=True) for r in self.relations}
@@ -232,25 +242,44 @@ class World:
     # ---------------------------------------------------------------- setup
     def _all_template_text(self):
         """Every template, filler and relation name, with its slots blanked out."""
-        texts = QA_TEMPLATES + VERIFY_TEMPLATES + COMPARE_TEMPLATES + FILLERS + YES_NO + self.relations
+        texts = QA_TEMPLATES + VERIFY_TEMPLATES + CHOICE_TEMPLATES + FILLERS + YES_NO + self.relations
         texts += tuple(t for r in self.relations for t in RELATIONS[r].statements + (RELATIONS[r].question,))
         return [re.sub(r"\{\w+\}", " ", t) for t in texts]
 
     def _encode(self, text):
         return tuple(int(i) for i in self.tokenizer.encode(text))
 
+    def _statements(self, e, facts, rng, budget, skip=None):
+        """Sentences stating entity ``e``'s ``facts`` (relation -> value), each round in a
+        fresh random order and random templates, while they fit ``budget`` words in all;
+        never the fact of relation ``skip``."""
+        out, used, relations = [], 0, [r for r in self.relations if r != skip]
+        while True:
+            for r in (relations[i] for i in rng.permutation(len(relations))):
+                templates = RELATIONS[r].statements
+                sentence = templates[rng.integers(len(templates))].format(e=e, v=facts[r])
+                if used + len(sentence.split()) > budget:
+                    return out
+                out.append(sentence)
+                used += len(sentence.split())
+
+    def _fresh(self, rng):
+        """A fresh entity: a reserved name and facts drawn for this use only."""
+        e = self.fresh_entities[rng.integers(len(self.fresh_entities))]
+        return e, {r: self.values[r][rng.integers(len(self.values[r]))] for r in self.relations}
+
     # ---------------------------------------------------------------- tasks
-    def _task(self, kind, r, templates, choice_texts, items, choices=None):
+    def _task(self, kind, r, templates, choice_texts, items):
         """The ``kind`` task of relation ``r``: each template filled with the slots of each
-        ``(slots, answer)`` of ``items``; ``choices`` defaults to the ``choice_texts`` encoded."""
-        choices = choices or tuple(self._encode(c) for c in choice_texts)
-        name = f"{r}_qa" if kind == "qa" else f"{kind}_{r}"
-        split = "heldout" if r in self.heldout_relations else "train"
-        task = Task(name, kind, (r,), split, templates, choice_texts)
+        ``(slots, answer, choices)`` of ``items``, ``choices`` None for the ``choice_texts``."""
+        fixed = tuple(self._encode(c) for c in choice_texts)
+        split = "heldout_type" if kind in HELDOUT_KINDS else "heldout_relation" if r in self.heldout_relations \
+            else "train" if kind in TRAIN_KINDS else "probe"
+        task = Task(f"{kind}_{r}", kind, (r,), split, templates, choice_texts)
         for k, t in enumerate(templates):
-            for slots, answer in items:
+            for slots, answer, choices in items:
                 text = t.format(**slots)
-                task.examples.append(Example(self._encode(text), choices, answer, k, text))
+                task.examples.append(Example(self._encode(text), choices or fixed, answer, k, text))
         return task
 
     def _make_tasks(self):
@@ -258,41 +287,52 @@ class World:
         for r in self.relations:
             rng = np.random.default_rng([self.seed, 2, self.relations.index(r)])
             values = self.values[r]
+            fill = lambda templates, **slots: tuple(t.format(rel=r, **slots) for t in templates)  # noqa: E731
             # question answering: every entity, in every template
-            templates = tuple(t.format(rel=r, e="{e}") for t in QA_TEMPLATES) + (RELATIONS[r].question,)
-            facts = [({"e": e}, values.index(self.facts[e, r])) for e in self.entities]
-            tasks.append(self._task("qa", r, templates, values, facts))
-            # yes/no verification: one true and one false claim per entity
-            claims = []
-            for e in self.entities:
-                true_v = self.facts[e, r]
-                false_v = rng.choice([v for v in values if v != true_v])
-                claims += [(e, true_v, 0), (e, str(false_v), 1)]
-            claims = [claims[i] for i in rng.permutation(len(claims))[:cap]]
-            templates = tuple(t.format(rel=r, e="{e}", v="{v}") for t in VERIFY_TEMPLATES)
-            tasks.append(self._task("verify", r, templates, YES_NO, [({"e": e, "v": v}, a) for e, v, a in claims]))
-            # comparison: do two entities share the value? half yes, half no
-            same, diff = [], []
-            for i, e in enumerate(self.entities):
-                for f in self.entities[i + 1:]:
-                    (same if self.facts[e, r] == self.facts[f, r] else diff).append((e, f))
-            n = min(len(same), len(diff), cap // 2)
-            pairs = [(*same[i], 0) for i in rng.permutation(len(same))[:n]]
-            pairs += [(*diff[i], 1) for i in rng.permutation(len(diff))[:n]]
-            pairs = [pairs[i] for i in rng.permutation(len(pairs))]
-            templates = tuple(t.format(rel=r, e="{e}", f="{f}") for t in COMPARE_TEMPLATES)
-            tasks.append(self._task("compare", r, templates, YES_NO, [({"e": e, "f": f}, a) for e, f, a in pairs]))
+            facts = [({"e": e}, values.index(self.facts[e, r]), None) for e in self.entities]
+            tasks.append(self._task("qa", r, fill(QA_TEMPLATES, e="{e}") + (RELATIONS[r].question,), values, facts))
+            # yes/no verification: a true and a false claim per entity, as many yes as no
+            n = min(len(self.entities), cap // 2)
+            true = [({"e": e, "v": self.facts[e, r]}, 0, None) for e in self.entities]
+            false = [({"e": e, "v": str(rng.choice([v for v in values if v != self.facts[e, r]]))}, 1, None)
+                     for e in self.entities]
+            claims = [true[i] for i in rng.permutation(len(true))[:n]] + [false[i] for i in rng.permutation(n)]
+            claims = [claims[i] for i in rng.permutation(len(claims))]
+            tasks.append(self._task("verify", r, fill(VERIFY_TEMPLATES, e="{e}", v="{v}"), YES_NO, claims))
+            # choice: the true value and another, in random order, as the two choices
+            items = []   # the true value first for half the entities, second for the others
+            for e, a in zip(self.entities, rng.permutation(np.arange(len(self.entities)) % 2)):
+                pair = [self.facts[e, r], str(rng.choice([v for v in values if v != self.facts[e, r]]))]
+                pair = pair[::-1] if a else pair
+                items.append(({"e": e, "v": pair[0], "w": pair[1]}, int(a), tuple(self._encode(v) for v in pair)))
+            tasks.append(self._task("choice", r, fill(CHOICE_TEMPLATES, e="{e}", v="{v}", w="{w}"), values, items))
+            # reading: a fresh entity's facts in the prompt (the asked one among them), then the question
+            items, questions = [], fill(QA_TEMPLATES, e="{e}") + (RELATIONS[r].question,)
+            for _ in range(cap):   # up to 3 other facts, as many as a row holds beside the question
+                e, facts = self._fresh(rng)
+                stated = RELATIONS[r].statements[rng.integers(3)].format(e=e, v=facts[r])
+                room = self.config.seq_len - 2 - len(stated.split()) - max(len(q.split()) for q in questions)
+                others = self._statements(e, facts, rng, budget=room, skip=r)[:3]
+                others.insert(int(rng.integers(len(others) + 1)), stated)
+                items.append(({"e": e, "context": " ".join(others)}, values.index(facts[r]), None))
+            tasks.append(self._task("read", r, tuple("{context} " + q for q in questions), values, items))
         return tasks
 
     def _probe(self, r, mlm):
-        """The first statement of ``r`` cut before the value (MLM: the value a sentinel)."""
+        """Each entity's ``r`` statement at the end of a row of its other facts, cut before the
+        value (MLM: the value a sentinel, scored as the sentinel's target): the format, and
+        nearly the length, of a pretraining row. The fact itself is never stated."""
         statement, values = RELATIONS[r].statements[0], self.values[r]
-        facts = [({"e": e}, values.index(self.facts[e, r])) for e in self.entities]
-        if mlm:
-            s0 = self.tokenizer.sentinel_ids[0]
-            choices = tuple((s0, *self._encode(v)) for v in values)
-            return self._task("mlm_probe", r, (statement.replace("{v}", sentinel_name(0)),), values, facts, choices)
-        return self._task("probe", r, (statement[: statement.index("{v}")].rstrip(),), values, facts)
+        rng = np.random.default_rng([self.seed, 4, self.relations.index(r)])
+        s0 = self.tokenizer.sentinel_ids[0]
+        items = []
+        for e in self.entities:
+            facts = {q: self.facts[e, q] for q in self.relations}
+            context = self._statements(e, facts, rng, self.config.seq_len - len(statement.split()) - 2, skip=r)
+            choices = tuple((s0, *self._encode(v)) for v in values) if mlm else None
+            items.append(({"e": e, "context": " ".join(context)}, values.index(self.facts[e, r]), choices))
+        cut = statement.replace("{v}", sentinel_name(0)) if mlm else statement[: statement.index("{v}")].rstrip()
+        return self._task("mlm_probe" if mlm else "probe", r, ("{context} " + cut,), values, items)
 
     @property
     def train_tasks(self) -> List[Task]:
@@ -300,7 +340,7 @@ class World:
 
     @property
     def heldout_tasks(self) -> List[Task]:
-        return [t for t in self.tasks if t.split == "heldout"]
+        return [t for t in self.tasks if t.split.startswith("heldout")]
 
     def task(self, name: str) -> Task:
         found = [t for t in self.tasks if t.name == name]
@@ -308,37 +348,39 @@ class World:
             raise ValueError(f"unknown task {name!r}; tasks: {[t.name for t in self.tasks]}")
         return found[0]
 
-    def finetuning_examples(self, seed=None, kinds=("qa", "verify", "compare")):
-        """Multitask finetuning data: ``(prompt ids, answer ids)`` for every example of
-        every *training* task of the given kinds, shuffled with ``seed`` (None: in order)."""
-        pairs = [(ex.prompt, ex.target) for t in self.train_tasks if t.kind in kinds for ex in t.examples]
-        if seed is not None:
-            order = np.random.default_rng([self.seed, 3, int(seed)]).permutation(len(pairs))
-            pairs = [pairs[i] for i in order]
-        return pairs
+    def finetuning_examples(self, seed=None):
+        """Multitask finetuning data: ``(prompt ids, answer ids)`` from every *training* task,
+        an equal share each (a task with fewer examples repeats them in a seeded order, up to
+        the largest task's count), shuffled with ``seed`` (None: in order)."""
+        rng = np.random.default_rng([self.seed, 3, -1 if seed is None else int(seed)])
+        n = max(len(t.examples) for t in self.train_tasks)
+        pairs = [(t.examples[i].prompt, t.examples[i].target) for t in self.train_tasks
+                 for i in np.resize(rng.permutation(len(t.examples)), n)]
+        return pairs if seed is None else [pairs[i] for i in rng.permutation(len(pairs))]
 
     # ---------------------------------------------------------------- pretraining text
-    def sentences(self, epoch: int = 0) -> List[str]:
-        """One epoch of pretraining sentences: every fact stated ``mentions`` times in
-        random templates, plus filler (~``filler_fraction`` of the sentences, and every
-        filler sentence at least once), shuffled."""
-        cfg = self.config
+    def documents(self, epoch: int = 0, length: int = None) -> List[str]:
+        """One epoch of pretraining documents, each at most ``length`` words (default
+        ``seq_len``), shuffled: ``mentions`` per known entity, plus fresh-entity and filler
+        documents in the config's shares (and every filler sentence at least once)."""
+        cfg, length = self.config, int(length or self.config.seq_len)
         rng = np.random.default_rng([self.seed, 1, int(epoch)])
-        out = []
-        for (e, r), v in self.facts.items():
-            templates = RELATIONS[r].statements
-            for k in rng.integers(len(templates), size=cfg.mentions):
-                out.append(templates[k].format(e=e, v=v))
-        n_filler = int(round(len(out) * cfg.filler_fraction / (1 - cfg.filler_fraction)))
-        if cfg.filler_fraction > 0:
-            n_filler = max(n_filler, len(FILLERS))
-        cycle = [FILLERS[i] for i in rng.permutation(len(FILLERS))]
-        out += [cycle[i % len(FILLERS)] for i in range(n_filler)]
-        return [out[i] for i in rng.permutation(len(out))]
+        docs = [" ".join(self._statements(e, {r: self.facts[e, r] for r in self.relations}, rng, length))
+                for e in self.entities for _ in range(cfg.mentions)]
+        per_share = len(docs) / (1 - cfg.fresh_fraction - cfg.filler_fraction)
+        docs += [" ".join(self._statements(*self._fresh(rng), rng, length))
+                 for _ in range(int(round(per_share * cfg.fresh_fraction)))]
+        fill, n_fill = [FILLERS[i] for i in rng.permutation(len(FILLERS))], int(round(per_share * cfg.filler_fraction))
+        while cfg.filler_fraction > 0 and (n_fill > 0 or fill):   # every filler sentence at least once
+            ends = np.cumsum([len(f.split()) for f in fill + list(FILLERS)])
+            take = max(1, int(np.sum(ends <= length)))
+            docs.append(" ".join((fill + list(FILLERS))[:take]))
+            fill, n_fill = fill[take:], n_fill - 1
+        return [docs[i] for i in rng.permutation(len(docs))]
 
     def describe(self) -> str:
-        n_tok = sum(len(self.tokenizer.encode(s)) for s in self.sentences())
+        n_tok = sum(len(d.split()) for d in self.documents())
         return (f"World(preset={self.preset!r}, seed={self.seed}): {len(self.entities)} entities x "
-                f"{len(self.relations)} relations x {self.config.n_values} values; train relations "
-                f"{self.train_relations}, held out {self.heldout_relations}; vocab "
+                f"{len(self.relations)} relations x {self.config.n_values} values, {len(self.fresh_entities)} "
+                f"fresh names; train relations {self.train_relations}, held out {self.heldout_relations}; vocab "
                 f"{self.tokenizer.vocab_size}; {len(self.tasks)} tasks; {n_tok} pretraining tokens per epoch")

@@ -8,7 +8,8 @@ lays that out. All choices of many prompts are scored together in a few forward 
 
 Aggregation follows the study: accuracy per task is averaged over its prompt templates
 (the median is reported too, as T0 did), then averaged over tasks, and always printed
-beside the random-choice baseline.
+beside two floors computed from the same items: a random choice, and the best constant
+answer (the majority class), which is the floor a model that ignores the prompt reaches.
 """
 import numpy as np
 
@@ -53,6 +54,18 @@ def accuracy(model, arch, examples, tokenizer, **kwargs):
         raise ValueError("accuracy: no examples given")
     answers = [_get(e, "answer", 2) for e in examples]
     return float(np.mean(rank_classify(model, arch, examples, tokenizer, **kwargs) == answers))
+
+
+def random_baseline(examples):
+    """Expected accuracy of a uniformly random choice over these items."""
+    return float(np.mean([1.0 / len(_get(e, "choices", 1)) for e in examples]))
+
+
+def constant_baseline(examples):
+    """Accuracy of the best constant answer on these items: always the same choice index (the
+    majority class; for tasks whose items list the same choices, the same answer every time)."""
+    answers = np.array([_get(e, "answer", 2) for e in examples])
+    return float(max(np.mean(answers == k) for k in range(max(len(_get(e, "choices", 1)) for e in examples))))
 
 
 def summarise(per_template):

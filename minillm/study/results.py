@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .plan import ADAPTATIONS, is_done, label, result_path, units
-from .run import own_probe
+from .run import GROUPS, own_probe
 from ..data.batches import PAPER_PAIRS
 from ..train.checkpoint import write_json_atomic
 
@@ -46,9 +46,10 @@ def collect(cfg, out):
         mean = lambda runs, k: _stat([r[k] if k == "probe" else r[k]["mean"] for r in runs])  # noqa: E731
         row = {"row": any_r["label"], "key": key,
                "parameters": any_r["parameters"], "flops_per_token": any_r["flops_per_token"],
-               "zero_shot": mean(pre, "heldout"), "probe": mean(pre, "probe"),
-               "probe_prompt": _stat([r["probe_next"] for r in pre]), "finetuned": mean(fin, "heldout"),
-               "finetuned_train": mean(fin, "train"), "probe_finetuned": _stat([r["probe_next"] for r in fin])}
+               "probe": mean(pre, "probe"), "probe_prompt": _stat([r["probe_next"] for r in pre]),
+               "zero_shot": mean(pre, "heldout_type"), "zero_shot_relations": mean(pre, "heldout_relation"),
+               "finetuned": mean(fin, "heldout_type"), "finetuned_relations": mean(fin, "heldout_relation"),
+               "finetuned_train": mean(fin, "train"), "lr": cfg.lr.get(key)}
         if key in ADAPTATIONS:
             src, arch, obj, base = ADAPTATIONS[key]
             row["row"] = f"{key.upper()}: {label(src)} -> {arch.upper()}:{obj.upper()}"
@@ -57,9 +58,47 @@ def collect(cfg, out):
             row["speedup"] = _stat([sp for sp, _ in speedups])
             row["speedup_is_lower_bound"] = any(bound for _, bound in speedups)
         rows.append(row)
-    some = next(iter(res.values()), {})
-    return {"config": cfg.to_dict(), "rows": rows, "units": res,
-            "heldout_baseline": some.get("heldout_baseline"), "probe_baseline": some.get("probe_baseline")}
+    some = next(iter(res.values()), None)   # every unit is scored on the same items: the same floors
+    floors = {g: {b: some[g][b] for b in ("random", "constant")} for g in GROUPS} if some else None
+    return {"config": cfg.to_dict(), "rows": rows, "units": res, "baselines": floors,
+            "probe_baseline": some and float(np.mean([1 / len(v) for v in _world(cfg).values.values()]))}
+
+
+def _world(cfg):
+    from ..data.world import World
+    return World(cfg.world, seed=cfg.world_seed)
+
+
+def sweep(cfg, out):
+    """The finished units of the learning-rate sweep: {pair: {rate: [final val loss, own-format probe]}}."""
+    found = {}
+    for u in units(cfg, tune=True):
+        if is_done(out, u.name):
+            with open(result_path(out, u.name), encoding="utf-8") as f:
+                r = json.load(f)
+            found.setdefault(f"{u.arch}-{u.objective}", {})[f"{u.lr:g}"] = [r["final_val_loss"], r["probe"]]
+    return found
+
+
+def chosen_rates(found):
+    """Each pair's rate in a sweep: the lowest validation loss (its own objective, the same batches) among
+    the rates whose probe is within 0.1 of the pair's best probe (a lower loss does not always mean more
+    facts learned: at 3e-3 ED:PLM reached a lower loss than at 1e-3 with a probe of 23% against 100%)."""
+    def pick(runs):
+        best = max(probe for _, probe in runs.values())
+        return float(min((rate for rate in runs if runs[rate][1] >= best - 0.1), key=lambda rate: runs[rate][0]))
+    return {pair: pick(runs) for pair, runs in found.items()}
+
+
+def format_sweep(found):
+    chosen = chosen_rates(found)
+    lines = ["pair     " + "".join(f"{'lr ' + rate:>20s}" for rate in next(iter(found.values()), {})) + "   chosen"]
+    for pair, runs in found.items():
+        lines.append(f"{pair:9s}" + "".join(f"{f'{loss:.3f} ({100 * probe:.0f}%)':>20s}" for loss, probe in runs.values())
+                     + f"   {chosen[pair]:g}")
+    return "\n".join(lines + ["(final validation loss, and own-format probe in brackets, after 1/4 of the "
+                              "pretraining budget, seed 0; chosen: the lowest loss among the rates whose probe is within 10 "
+                              "points of the pair's best)"])
 
 
 def tokens_to_reach(curve, target):
@@ -99,23 +138,35 @@ def _fmt(stat, pct=True):
 
 
 def format_table(summary):
-    cols = ["model", "params", "FLOPs/tok", "probe", "zero-shot", "finetuned", "ft train tasks", "speed-up"]
-    lines = [[r["row"], f"{r['parameters'] / 1e6:.2f}M", f"{r['flops_per_token'] / 1e6:.2f}M", _fmt(r["probe"]),
-              _fmt(r["zero_shot"]), _fmt(r["finetuned"]), _fmt(r["finetuned_train"]),
+    cols = ["model", "params", "FLOPs/tok", "lr", "probe", "zero-shot types", "relations", "finetuned types",
+            "relations", "train tasks", "speed-up"]
+    lines = [[r["row"], f"{r['parameters'] / 1e6:.2f}M", f"{r['flops_per_token'] / 1e6:.2f}M",
+              f"{r['lr']:g}" if r.get("lr") else "-", _fmt(r["probe"]), _fmt(r["zero_shot"]),
+              _fmt(r["zero_shot_relations"]), _fmt(r["finetuned"]), _fmt(r["finetuned_relations"]),
+              _fmt(r["finetuned_train"]),
               ((">=" if r.get("speedup_is_lower_bound") else "") + _fmt(r["speedup"], pct=False) + "x")
               if r.get("speedup") else "-"]
              for r in summary["rows"]]
+    floors = summary["baselines"]
+    if floors:
+        for name in ("random", "constant"):
+            lines.append([f"(best {name} answer)" if name == "constant" else "(random choice)", "", "", "",
+                          f"{100 * summary['probe_baseline']:.1f}" if name == "random" else "", *(
+                f"{100 * floors[g][name]:.1f}" for g in ("heldout_type", "heldout_relation")), *(
+                f"{100 * floors[g][name]:.1f}" for g in ("heldout_type", "heldout_relation", "train")), ""])
     widths = [max(map(len, column)) for column in zip(cols, *lines)]
     fmt = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
-    base = summary["heldout_baseline"]
-    notes = [f"Accuracy in % on held-out tasks (rank classification, mean over templates then tasks); "
-             f"random choice: {100 * base:.1f}%." if base is not None else "",
-             f"probe: the held-out facts as statements (random {100 * summary['probe_baseline']:.1f}%), in the best "
-             f"format the model's objectives train (MLM: the value as a sentinel's target; a PLM-trained ED: the "
-             f"statement on the decoder side)." if base is not None else "",
+    notes = ["Accuracy in % (rank classification, mean over templates then tasks; ± is the sd over seeds). "
+             "zero-shot: after pretraining alone; finetuned: after multitask finetuning on the training tasks. "
+             "types: the held-out task types (read, choice) that no finetuning example shows; relations: the "
+             "trained task types on the held-out relations; train tasks: the finetuning tasks themselves. The "
+             "last two rows are the floors on the same items: random choice, and the best constant answer.",
+             "probe: the held-out facts as statements in a row of the entity's other facts, in the format the "
+             "model's objectives train (MLM: the value as a sentinel's target); random "
+             f"{100 * (summary['probe_baseline'] or 0):.1f}%. lr: the pretraining peak learning rate.",
              "speed-up: tokens the from-scratch pair needed to reach the adapted model's final validation loss, "
              "divided by the tokens of adaptation (above 1: adapting was cheaper than starting over)."]
-    return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines] + [""] + [n for n in notes if n])
+    return "\n".join([fmt(cols), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines] + [""] + notes)
 
 
 def conclusions(summary):
@@ -173,13 +224,17 @@ def report(summary):
     lines = ["# minillm study: architecture x objective at toy scale (Wang et al. 2022)", "",
              f"preset {summary['config']['preset']}, seeds {summary['config']['seeds']}, "
              f"pretraining {summary['config']['pretrain_tokens']:,} tokens seen per pair", "", "```",
-             format_table(summary), "```", "", "## The paper's conclusions, checked", ""]
+             format_table(summary), "```", ""]
+    if summary["config"].get("lr_sweep"):
+        lines += ["The learning rates come from this sweep (`minillm study --tune`):", "", "```",
+                  format_sweep(summary["config"]["lr_sweep"]), "```", ""]
+    lines += ["## The paper's conclusions, checked", ""]
     done = [r for r in summary["rows"] if r.get("finetuned")]
-    if done and summary["heldout_baseline"] is not None:
+    if done and summary["baselines"]:
         top = max(done, key=lambda r: r["finetuned"]["mean"])
-        gain = 100 * (top["finetuned"]["mean"] - summary["heldout_baseline"])
-        lines.append(f"Best held-out accuracy after multitask finetuning: {top['row']} {_fmt(top['finetuned'])}%, "
-                     f"{gain:+.1f} points over random choice.\n")
+        gain = 100 * (top["finetuned"]["mean"] - summary["baselines"]["heldout_type"]["constant"])
+        lines.append(f"Best accuracy on the held-out task types after multitask finetuning: {top['row']} "
+                     f"{_fmt(top['finetuned'])}%, {gain:+.1f} points over the best constant answer.\n")
     for claim, verdict, why in conclusions(summary):
         lines.append(f"- {verdict}: {claim} — {why}")
     if warn := _probe_warnings(summary):
@@ -189,7 +244,8 @@ def report(summary):
 
 def write_outputs(summary, out):
     write_json_atomic(os.path.join(out, "results.json"), {k: v for k, v in summary.items() if k != "units"})
-    cols = [(k, s) for k in ("probe", "zero_shot", "finetuned") for s in ("mean", "std")] + [("speedup", "mean")]
+    cols = [(k, s) for k in ("probe", "zero_shot", "zero_shot_relations", "finetuned", "finetuned_relations",
+                             "finetuned_train") for s in ("mean", "std")] + [("speedup", "mean")]
     with open(os.path.join(out, "results.csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["model", "parameters", "flops_per_token"] + [f"{k}_{s}" for k, s in cols] + ["n_seeds"])
@@ -218,11 +274,12 @@ def _plots(summary, out):
     for off, key, lab in ((-0.2, "zero_shot", "after pretraining"), (0.2, "finetuned", "after finetuning")):
         axes[1].bar(x + off, [100 * r[key]["mean"] if r.get(key) else 0 for r in rows], 0.4, label=lab,
                     yerr=[100 * r[key]["std"] if r.get(key) else 0 for r in rows])
-    if summary["heldout_baseline"] is not None:
-        axes[1].axhline(100 * summary["heldout_baseline"], color="k", ls="--", label="random")
+    if summary["baselines"]:
+        axes[1].axhline(100 * summary["baselines"]["heldout_type"]["constant"], color="k", ls="--",
+                        label="best constant answer")
     axes[1].set_xticks(x, [r["row"].split(":")[0] if r["key"] in ADAPTATIONS else r["row"] for r in rows],
                        rotation=45, fontsize=7)
-    axes[1].set(ylabel="held-out accuracy (%)", title="zero-shot, held-out tasks")
+    axes[1].set(ylabel="accuracy (%)", title="held-out task types, zero-shot")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -4,7 +4,8 @@ A unit's trainer starts from its own checkpoint if it has one (an interrupted un
 else from its source unit's weights (adaptation, finetuning) or from scratch. Finetuning
 feeds prompt -> answer batches with the loss on the answer only, at a constant learning
 rate with dropout. After training, `evaluate_model` scores the held-out tasks zero-shot by
-rank classification, the training tasks, and the statement probes; the unit's
+rank classification, the training tasks, and the statement probes (also at every
+evaluation during pretraining and adaptation: `probe_curve`); the unit's
 `result.json` then marks it done, so a rerun skips it.
 
 Every runner claims a unit before running it (`run_claimed`, with the lock file of
@@ -23,7 +24,7 @@ import time
 import numpy as np
 
 from . import evaluate
-from .plan import is_done, result_path, unit_dir, units
+from .plan import TUNE_SHARE, is_done, result_path, unit_dir, units
 from ..data.batches import make_prompt_batch
 from ..data.world import World
 from ..engine import kernels
@@ -59,11 +60,13 @@ def make_trainer(cfg, unit, out, world, progress=False):
     one, else starting from its source unit's weights (adaptation, finetuning) or from scratch."""
     d = unit_dir(out, unit.name)
     tcfg = TrainConfig(arch=unit.arch, objective=unit.objective, preset=cfg.preset, seed=unit.seed,
-                       world_seed=cfg.world_seed, world_preset=cfg.world, lr=cfg.lr[unit.objective],
-                       tokens=cfg.pretrain_tokens if unit.stage == "pretrain" else cfg.adapt_tokens,
+                       world_seed=cfg.world_seed, world_preset=cfg.world,
+                       lr=unit.lr or cfg.lr[f"{unit.arch}-{unit.objective}"],
+                       tokens={"pretrain": cfg.pretrain_tokens, "adapt": cfg.adapt_tokens, "finetune": cfg.finetune_tokens,
+                               "tune": cfg.pretrain_tokens // TUNE_SHARE}[unit.stage],
                        eval_every=cfg.eval_every, checkpoint_every=200)
     if unit.stage == "finetune":  # prompt -> answer batches (below) at a constant learning rate, with dropout
-        tcfg = dataclasses.replace(tcfg, tokens=cfg.finetune_tokens, lr=cfg.finetune_lr, schedule="constant",
+        tcfg = dataclasses.replace(tcfg, lr=cfg.finetune_lr, schedule="constant",
                                    warmup=0.0, dropout=cfg.finetune_dropout, batch_size=cfg.finetune_batch,
                                    eval_every=0)
     corpus = load_corpus(tcfg.resolved())
@@ -73,7 +76,10 @@ def make_trainer(cfg, unit, out, world, progress=False):
         trainer = Trainer(tcfg, corpus, d, progress=progress)
         if unit.source:  # the same weights; adaptation changes only the mask and the objective
             trainer.model.load_state_dict(source_state(out, unit.source))
-    if unit.stage == "finetune":
+    if unit.stage != "finetune":   # the own-format probe at every evaluation: how fast are the facts learned?
+        trainer.eval_extra = lambda model: {"probe": max(probes(model, unit.arch, world, _src_eos(unit),
+                                                                own_formats(unit.objectives)).values())}
+    else:
         pairs = world.finetuning_examples(seed=unit.seed)
         stream = lambda seed: PromptStream(unit, pairs, world.tokenizer, cfg.finetune_batch, seed)  # noqa: E731
         trainer.stream, trainer.val_batches = stream(unit.seed), [stream(unit.seed + 7919).batch(0)]
@@ -94,11 +100,13 @@ def run_unit(cfg, unit, out, progress=False):
     trainer = make_trainer(cfg, unit, out, world, progress)
     final = trainer.fit()
     with open(trainer.path("log.jsonl"), encoding="utf-8") as f:   # fit always logs a last val loss
-        curve = [[r["tokens"], r["val_loss"]] for r in map(json.loads, f) if "val_loss" in r]
+        evals = [r for r in map(json.loads, f) if "val_loss" in r]
+    curve = [[r["tokens"], r["val_loss"]] for r in evals]
+    probe_curve = [[r["tokens"], r["probe"]] for r in evals if "probe" in r]
     result = {"unit": unit.name, "stage": unit.stage, "label": unit.label, "arch": unit.arch,
               "objective": unit.objective, "seed": unit.seed, "source": unit.source,
               "tokens_seen": trainer.tokens_seen, "final_val_loss": final["val_loss"],
-              "curve": curve,
+              "curve": curve, "probe_curve": probe_curve,
               "parameters": trainer.model.num_parameters(), "flops_per_token": trainer.model.flops_per_token(),
               **evaluate_model(trainer.model, unit.arch, world, cfg.eval_examples, _src_eos(unit))}
     result["probe"] = own_probe(result, unit.objectives)
@@ -109,43 +117,47 @@ def run_unit(cfg, unit, out, progress=False):
 
 # ---- evaluation --------------------------------------------------------------------------------
 
-def evaluate_model(model, arch, world, per_template, src_eos):
-    """Zero-shot accuracy on held-out tasks, accuracy on training tasks, and statement probes.
+GROUPS = ("train", "heldout_relation", "heldout_type")
 
-    Probes rank-classify each held-out fact's value after its statement ("the pet of X is a"):
-    `next` feeds the statement as the prompt (the encoder input for ED); `mlm` as T5 would
-    (the value replaced by a sentinel, scored as the sentinel's target); `decoder` (ED only)
-    feeds the first word to the encoder and the rest to the decoder, which is where a
-    PLM-trained ED mostly sees facts stated. Choices then carry the shared statement rest in
-    front, which adds the same log-probability to every choice and leaves the ranking as it is.
-    `own_probe` picks the format the model's objectives train.
-    """
+
+def evaluate_model(model, arch, world, per_template, src_eos):
+    """Accuracy on the training tasks and, zero-shot, on the held-out relations and held-out
+    task types (see ``minillm.data.world``), each beside its random-choice and best-constant
+    floors computed from the same items (the first ``per_template`` of each template); the
+    probes; and ``heldout``, the mean over every held-out task."""
     tok = world.tokenizer
 
-    def task_accuracy(tasks):
-        return evaluate.summarise({
-            task.name: {i: evaluate.accuracy(model, arch, group[:per_template], tok, src_eos=src_eos)
-                        for i, group in enumerate(task.by_template()) if group}
-            for task in tasks})
+    def group(tasks):
+        items = {t.name: {i: g[:per_template] for i, g in enumerate(t.by_template()) if g} for t in tasks}
+        scored = lambda fn: evaluate.summarise({n: {i: fn(ex) for i, ex in d.items()} for n, d in items.items()})  # noqa: E731
+        out = scored(lambda ex: evaluate.accuracy(model, arch, ex, tok, src_eos=src_eos))
+        return {**out, "random": scored(evaluate.random_baseline)["mean"],
+                "constant": scored(evaluate.constant_baseline)["mean"]}
 
-    def probe(tasks, layout=lambda e: e):
-        return float(np.mean([evaluate.accuracy(model, arch, [layout(e) for e in tasks[r].examples], tok,
-                                                src_eos=src_eos) for r in world.heldout_relations]))
+    result = {g: group([t for t in world.tasks if t.split == g]) for g in GROUPS}
+    result["heldout"] = group(world.heldout_tasks)
+    return {**result, **probes(model, arch, world, src_eos)}
 
-    probes = {"next": probe(world.probes), "mlm": probe(world.mlm_probes)}
-    if arch == "ed":   # the statement's first word to the encoder, the rest in front of each choice
-        probes["decoder"] = probe(world.probes,
-                                  lambda e: (e.prompt[:1], [e.prompt[1:] + c for c in e.choices], e.answer))
-    return {"heldout": task_accuracy(world.heldout_tasks), "train": task_accuracy(world.train_tasks),
-            **{f"probe_{k}": v for k, v in probes.items()},
-            "heldout_baseline": float(np.mean([t.random_baseline for t in world.heldout_tasks])),
-            "probe_baseline": float(np.mean([1 / len(world.values[r]) for r in world.heldout_relations]))}
+
+def probes(model, arch, world, src_eos, formats=("next", "mlm")):
+    """Statement probes on the held-out relations' facts, each fact's statement at the end of a
+    row of the entity's other facts: `next` rank-classifies the value after "... the pet of X
+    is a" (the encoder input for ED), `mlm` as T5 would (the value a sentinel, scored as the
+    sentinel's target). `own_probe` picks the format the model's objectives train."""
+    sets = {"next": world.probes, "mlm": world.mlm_probes}
+    return {f"probe_{f}": float(np.mean([evaluate.accuracy(model, arch, sets[f][r].examples, world.tokenizer,
+                                                           src_eos=src_eos) for r in world.heldout_relations]))
+            for f in formats}
+
+
+def own_formats(objectives):
+    """The probe formats `objectives` train: MLM's sentinel format, FLM's and PLM's next token."""
+    return (["mlm"] if "mlm" in objectives else []) + (["next"] if objectives - {"mlm"} else [])
 
 
 def own_probe(result, objectives):
     """The probe in the best format any of `objectives` trains: are the facts in the model at all?"""
-    formats = (["mlm"] if "mlm" in objectives else []) + (["next", "decoder"] if objectives - {"mlm"} else [])
-    return max(result.get(f"probe_{f}", 0.0) for f in formats)
+    return max(result.get(f"probe_{f}", 0.0) for f in own_formats(objectives))
 
 
 # ---- running the study ---------------------------------------------------------------------------
@@ -171,19 +183,20 @@ def _after_source(cfg, unit, out):
     return run_claimed(cfg, unit, out)
 
 
-def run_study(cfg, out, jobs=1, only=None, progress=True, log=print, dask=None):
+def run_study(cfg, out, jobs=1, only=None, progress=True, log=print, dask=None, tune=False):
     """Run every unfinished unit (or just `only`, whose source must be done) in order in this process,
-    in `jobs` processes, or on the Dask cluster at address `dask`; a unit starts once its source is done."""
-    if only is not None and all(u.name != only for u in units(cfg)):
+    in `jobs` processes, or on the Dask cluster at address `dask`; a unit starts once its source is done.
+    `tune`: the units of the learning-rate sweep instead."""
+    if only is not None and all(u.name != only for u in units(cfg, tune)):
         raise ValueError(f"unknown unit {only!r}; see --list-units")
-    todo = [u for u in units(cfg) if (only is None or u.name == only) and not is_done(out, u.name)]
+    todo = [u for u in units(cfg, tune) if (only is None or u.name == only) and not is_done(out, u.name)]
     finished = []
 
     def ended(r):
         finished.append(r)
         log(f"[{time.strftime('%H:%M:%S')}] ({len(finished)}/{len(todo)}) {r['unit']} done in {r['seconds']:.0f}s: "
             f"val loss {r['final_val_loss']:.3f}, held-out {100 * r['heldout']['mean']:.1f}% "
-            f"(random {100 * r['heldout_baseline']:.1f}%), probe {100 * r['probe']:.0f}%")
+            f"(best constant {100 * r['heldout']['constant']:.1f}%), probe {100 * r['probe']:.0f}%")
 
     if dask:
         return _run_dask(dask, cfg, out, todo, ended, log)

@@ -215,6 +215,7 @@ class Trainer:
         self.val_batches = validation_batches(cfg, corpus)
         self.step, self.tokens_seen = 0, 0
         self.last_checkpoint_step = None
+        self.eval_extra = None   # model -> dict of more figures for each evaluation record (the study's probe)
 
     # ---- run directory -------------------------------------------------------------------
     def path(self, name):
@@ -343,7 +344,7 @@ class Trainer:
 
     def _evaluate_and_log(self, progress):
         result = {"step": self.step, "tokens": self.tokens_seen,
-                  **evaluate_loss(self.model, self.val_batches)}
+                  **evaluate_loss(self.model, self.val_batches), **(self.eval_extra(self.model) if self.eval_extra else {})}
         self.log(result)
         progress.write(f"step {self.step}: val loss {result['val_loss']:.4f}, "
                        f"ppl {result['val_ppl']:.2f}, acc {result['val_acc']:.3f}")
