@@ -147,3 +147,53 @@ def test_rank_command(smoke_study, capsys):
         assert all(1 <= r["numerical"] <= r["n"] for r in rows)
     assert main(["rank"]) == 2
     assert main(["rank", "x", "--synthetic"]) == 2
+
+
+# ---- the world's data as each pair sees it (#19) ------------------------------------------------
+
+def test_event_counts_per_pair():
+    """Counted from the real batch builders on the default world: FLM makes the most events per token, PLM
+    about half, MLM the fewest but not none; PLM splits put a fact's value first on the output side (where a
+    question's answer goes) in nearly every row that holds one."""
+    from minillm.study.events import count_events
+    ev = {f"{a}-{o}": count_events(a, o, "default", batches=4) for a, o in
+          [("cd", "flm"), ("nd", "plm"), ("ed", "plm"), ("cd", "mlm"), ("ed", "mlm")]}
+    assert ev["cd-flm"]["loss_per_token"] == pytest.approx(1.0, abs=0.02)
+    assert ev["cd-flm"]["events_per_token"] > ev["nd-plm"]["events_per_token"] > ev["cd-mlm"]["events_per_token"] > 0
+    assert 0.35 < ev["nd-plm"]["events_per_token"] / ev["cd-flm"]["events_per_token"] < 0.7
+    for k in ("cd-mlm", "ed-mlm"):   # T5's 15% noise: ~1/5 of the tokens carry a loss
+        assert 0.15 < ev[k]["loss_per_token"] < 0.25 and ev[k]["events_per_fact_at_1M"] > 100
+    for k in ("nd-plm", "ed-plm"):
+        assert ev[k]["first_output_is_value"] > 0.95
+    assert ev["cd-flm"]["first_output_is_value"] < 0.2   # FLM's output starts the row: a value only by chance
+
+
+def test_baselines_come_from_the_evaluated_items():
+    from minillm.study import evaluate
+    from minillm.data.world import Example
+    ex = lambda answer, n=2: Example((5,), tuple((i,) for i in range(n)), answer, 0, "")  # noqa: E731
+    items = [ex(1), ex(1), ex(0), ex(1, 4)]
+    assert evaluate.constant_baseline(items) == 0.75          # always the second choice
+    assert evaluate.random_baseline(items) == pytest.approx((0.5 * 3 + 0.25) / 4)
+    world = World("smoke")
+    r = run.evaluate_model(_untrained("cd", world), "cd", world, 4, False)
+    for g in run.GROUPS:   # recomputed here from the same items: the first 4 of each template
+        tasks = [t for t in world.tasks if t.split == g]
+        per_task = [np.mean([evaluate.constant_baseline(grp[:4]) for grp in t.by_template()]) for t in tasks]
+        assert r[g]["constant"] == pytest.approx(np.mean(per_task)) and r[g]["constant"] >= r[g]["random"]
+
+
+def _untrained(arch, world):
+    from minillm.model.models import ModelConfig, build_model
+    cfg = ModelConfig(vocab_size=world.tokenizer.vocab_size, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=32,
+                      pad_id=world.tokenizer.pad_id)
+    return build_model(arch, cfg, seed=0)
+
+
+def test_probe_curve_is_kept_and_tune_picks_by_probe_then_loss(smoke_study):
+    r = json.load(open(os.path.join(smoke_study, "units", "pretrain_ed-mlm_s0", "result.json")))
+    assert len(r["probe_curve"]) >= 2 and r["probe_curve"][-1][0] == r["tokens_seen"]
+    assert r["probe_curve"][-1][1] == r["probe"]   # the last point is the final own-format probe
+    found = {"ed-plm": {"0.001": [0.80, 1.0], "0.003": [0.76, 0.23], "0.01": [1.6, 0.27]},
+             "cd-mlm": {"0.001": [1.80, 0.23], "0.003": [1.63, 0.19], "0.01": [2.2, 0.15]}}
+    assert results.chosen_rates(found) == {"ed-plm": 0.001, "cd-mlm": 0.003}

@@ -22,7 +22,7 @@
 #   replace each run by a *sentinel* token, and ask the model to produce every sentinel
 #   followed by the tokens it hid.
 #
-# This tutorial runs all three on real sentences, shows exactly what each architecture
+# This tutorial runs all three on real text, shows exactly what each architecture
 # (CD, ND, ED) is fed, and then does the bookkeeping that matters for a fair comparison:
 # how many tokens a model *sees* versus how many carry a loss.
 
@@ -42,14 +42,17 @@ from _setup import FAST, finish, plt, assert_all_rejected  # fast mode (MINILLM_
 #
 # We use minillm's built-in synthetic world (`minillm.data.world`, the one the study runs on):
 # made-up people, one token each, with attributes (colour, city, job, pet, ...), stated
-# in plain sentences. Its `WordTokenizer` gives every word an id; before the words come
+# in plain sentences. Its pretraining text is made of *documents*, each about one person:
+# that person's facts in random order and templates, as many whole sentences as fit a
+# length (`world.documents(epoch, length)`; here short ones, of at most 16 words). Its
+# `WordTokenizer` gives every word an id; before the words come
 # the special tokens, always at the same ids: `<pad>` 0, `<bos>` 1, `<eos>` 2, `<sep>` 3,
 # then the sentinels `<extra_id_0>`, `<extra_id_1>`, ... that span corruption uses.
 
 # %%
 world = World("default", seed=0)
 tok = world.tokenizer
-corpus = world.sentences(epoch=0)[:12]
+corpus = world.documents(epoch=0, length=16)[:12]
 sequences = [tok.encode(s) for s in corpus]
 print(world.describe())
 print(f"vocabulary of {tok.vocab_size} ids ({tok.n_special} special, {tok.vocab_size - tok.n_special} words)")
@@ -90,8 +93,8 @@ show(b.tokens[0], b.targets[0], title="CD:FLM, one sequence")
 print(f"tokens seen {b.tokens_seen}, loss tokens {b.loss_tokens}")
 
 # %% [markdown]
-# Short sentences waste positions on padding, so FLM training *packs* several sentences,
-# each followed by `<eos>`, into one row of `max_len` positions. A sentence is never cut
+# Short documents waste positions on padding, so FLM training *packs* several documents,
+# each followed by `<eos>`, into one row of `max_len` positions. A document is never cut
 # in two here, so a row may end with a little padding:
 
 # %%
@@ -99,7 +102,7 @@ rows = pack_sequences(sequences, max_len=32, eos_id=tok.eos_id)
 for r in rows:
     print(f"  [{len(r):2d} tokens] {tok.decode(r)}")
 packed = make_batch("cd", "flm", sequences, tok, max_len=32, pack=True)
-print(f"{len(sequences)} sentences -> {packed.size} rows of width {packed.tokens.shape[1]}; "
+print(f"{len(sequences)} documents -> {packed.size} rows of width {packed.tokens.shape[1]}; "
       f"tokens seen {packed.tokens_seen}, loss tokens {packed.loss_tokens}")
 
 # %% [markdown]
@@ -114,10 +117,13 @@ print(f"{len(sequences)} sentences -> {packed.size} rows of width {packed.tokens
 # - **CD** reads it causally: same tokens, same targets, `prefix_len = 0`.
 # - **ED** feeds the context to the encoder and the continuation to the decoder.
 #
-# In all three the loss is on the continuation (plus EOS) only.
+# In all three the loss is on the continuation (plus EOS) only. (The study's runs on the
+# world pass `split_ids=world.value_ids` to `make_batch`, so that the split falls just
+# before a fact's value, where a question's answer would go; without it, as here, the
+# split is uniform.)
 
 # %%
-x = np.concatenate([sequences[0], sequences[1]])    # two sentences, so that the split has room
+x = np.concatenate([sequences[0], sequences[1]])    # two documents, so that the split has room
 for arch in ("nd", "cd"):
     b = make_batch(arch, "plm", [x], tok, rng=1)
     show(b.tokens[0], b.targets[0], int(b.prefix_len[0]),
@@ -171,11 +177,11 @@ for seed in range(5):
 # *targets* list every sentinel followed by what it hid. Sentinels appear in the same
 # order in both, which is what lets the model (and us) line them up. A single short
 # sentence would get just one span, so we corrupt one of the world's pretraining
-# sequences: whole sentences packed up to 63 tokens.
+# documents at its full length: whole sentences up to 63 words.
 
 # %%
-def pretraining_sequences(epoch):  # the sentences of an epoch, packed greedily into rows of 63 tokens
-    return pack_sequences([tok.encode(s) for s in world.sentences(epoch)], world.config.seq_len)
+def pretraining_sequences(epoch):  # the documents of an epoch, each at most 63 words (world.config.seq_len)
+    return [tok.encode(d) for d in world.documents(epoch)]
 
 
 x = pretraining_sequences(epoch=0)[0]
@@ -229,7 +235,7 @@ show(b.tgt_in[0], b.targets[0], title="        decoder:")
 # - `loss_tokens`: positions with a target, i.e. the predictions the model learns from.
 #
 # Their ratio is very different across objectives. Here are the counts over the world's
-# pretraining sequences (whole sentences packed up to 63 tokens), one or more epochs:
+# pretraining documents (whole sentences up to 63 words), one or more epochs:
 
 # %%
 epochs = 1 if FAST else 5
@@ -255,7 +261,7 @@ for (arch, objective), (seen, loss) in table.items():
 # `n + 2S + 1` seen (exercise 4), about a fifth. Note also that MLM *sees* more tokens
 # than FLM for the same text: the sentinels appear twice. At a matched budget of tokens
 # *seen*, an MLM model gets about five times fewer training signals than an FLM model,
-# which is one reason (REFERENCE §4) why at toy budgets MLM models learn fewer facts.
+# which is one reason why MLM models can learn fewer facts at toy budgets.
 
 # %%
 if plt is not None:

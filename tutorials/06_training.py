@@ -43,23 +43,26 @@ work = tempfile.mkdtemp(prefix="minillm-tutorial-06-")   # runs, logs and checkp
 # ## 6.1 The world
 #
 # The world is made-up people (one token each) with attributes: colour, city, job, pet,
-# food, sport, instrument, language. Its pretraining text states every fact several
-# times in varied templates; each epoch draws fresh templates. We use the small `smoke`
-# world: 8 people, 4 possible values per attribute.
+# food, sport, instrument, language. Its pretraining text is made of documents, each
+# about one person: that person's facts in random order and varied templates, restated
+# while they fit the length of a row; each epoch draws fresh orders and templates. Some
+# documents are about *fresh* people, whose facts are drawn anew for that document, and
+# some are filler that teaches the words of the question formats. We use the small `smoke`
+# world: 8 people, 4 possible values per attribute, documents of at most 31 words.
 
 # %%
 world = World("smoke", seed=0)
 tok = world.tokenizer
 print(world.describe())
-for s in world.sentences(epoch=0)[:6]:
-    print("  ", s)
+for d in world.documents(epoch=0)[:6]:
+    print("  ", d)
 
 # %% [markdown]
 # ## 6.2 A training loop, written out
 #
 # One step of training is always the same five moves: build a batch, run the model,
 # compute the loss, backpropagate, update. With FLM on a decoder the batch is packed
-# sentences (tutorial 5); the loss is the cross-entropy of the next token, averaged over
+# documents (tutorial 5); the loss is the cross-entropy of the next token, averaged over
 # the positions that carry a loss; AdamW updates the weights; clipping the gradient norm
 # keeps an unlucky batch from throwing the weights far away.
 
@@ -68,7 +71,7 @@ config = mm.ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_heads=2, n_laye
                         pad_id=tok.pad_id)
 model = mm.build_model("cd", config, seed=0)
 opt = optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-sequences = [tok.encode(s) for s in world.sentences(epoch=0)]
+sequences = [tok.encode(d) for d in world.documents(epoch=0)]
 rng = np.random.default_rng(0)
 steps = 15 if FAST else 60
 losses = []
@@ -161,12 +164,13 @@ for text in ["the pet of", world.probes["pet"].examples[0].text, world.probes["c
     print(f"  {text!r:38s} -> {tok.decode(new)!r}")
 
 # %% [markdown]
-# Free generation is hard to score. The *statement probe* asks a sharper question: for
-# "the pet of X is a", which of the 4 possible pets does the model find most likely? That
-# is rank classification (`minillm.study.evaluate`): score `log p(choice | prompt)` for every
-# choice and pick the best. Random guessing gets 25%. A model that learned the facts
-# scores near 100%; tutorial 7 shows why this probe is the first thing to check before
-# reading any zero-shot result.
+# Free generation is hard to score. The *statement probe* asks a sharper question: after
+# a row of X's other facts ending in "the pet of X is a" (the format of a pretraining
+# document, with the pet itself never stated), which of the 4 possible pets does the
+# model find most likely? That is rank classification (`minillm.study.evaluate`): score
+# `log p(choice | prompt)` for every choice and pick the best. Random guessing gets 25%.
+# A model that learned the facts scores near 100%; tutorial 7 shows why this probe is the
+# first thing to check before reading any zero-shot result.
 
 # %%
 print(f"{'relation':12s} {'probe accuracy':>15s}   (random {world.probes['pet'].random_baseline:.0%})")

@@ -35,7 +35,7 @@ from minillm import study as S
 from minillm.data.batches import PAPER_PAIRS, make_prompt_batch
 from minillm.train.checkpoint import load_checkpoint
 from minillm.study.plan import unit_dir
-from minillm.study.evaluate import accuracy, rank_classify, score_completions, summarise
+from minillm.study.evaluate import accuracy, constant_baseline, rank_classify, score_completions, summarise
 from minillm.train.trainer import BatchStream, TrainConfig, load_corpus
 from minillm.data.world import World
 
@@ -83,7 +83,7 @@ for preset in ("smoke", "default"):
         print(f"{preset:8s} {arch:4s} {model.num_parameters():11,d} {model.flops_per_token():12,.0f}")
 
 # %% [markdown]
-# (The vocabulary here is the smoke world's; the default world has a few more words.)
+# (The vocabulary here is the smoke world's; the default world has more words.)
 # CD and ND have identical parameters: they are the same model with different masks.
 #
 # ## 7.2 Budgets matched on tokens seen
@@ -108,20 +108,31 @@ for arch, objective in PAPER_PAIRS:
 #
 # ## 7.3 Zero-shot evaluation by rank classification
 #
-# The world's tasks are prompted questions about its people: for every relation a
-# question (`<rel>_qa`, one of the relation's values is the answer), a yes/no
-# verification (`verify_<rel>`) and a yes/no comparison of two people (`compare_<rel>`),
-# each in three templates. Three relations are **held out**: no finetuning example ever
-# mentions them, so accuracy on their tasks measures transfer.
+# The world's tasks are prompted questions about its people, named `<kind>_<relation>`,
+# each in three templates. Finetuning (7.5) shows two task types, on the training
+# relations only: a question (`qa_city`, one of the relation's values is the answer) and a
+# yes/no verification (`verify_city`). Two groups are **held out**, as in T0:
+#
+# - the same two types on three **held-out relations** (`qa_pet`, `verify_pet`, ...),
+#   whose facts the model knows only from pretraining: no finetuning example mentions
+#   them (`Task.split == "heldout_relation"`);
+# - two **held-out task types**, in every relation, that no finetuning example shows
+#   (`Task.split == "heldout_type"`): `read_<rel>` states a *fresh* person's facts in the
+#   prompt and then asks one (nothing to remember, only the prompt to read), and
+#   `choice_<rel>` asks for a known fact in a new format ("is the pet of X a cat or a
+#   dog ?", the two values as the choices).
+#
+# The study's "zero-shot" and "finetuned" columns are the held-out task types; the
+# held-out relations get columns of their own.
 
 # %%
 print(world.describe())
-for task in world.heldout_tasks[:3]:
+for task in [next(t for t in world.heldout_tasks if t.kind == kind) for kind in ("qa", "verify", "read", "choice")]:
     ex = task.examples[0]
-    print(f"\n{task.name} ({task.kind}, {len(task.examples)} examples, random {task.random_baseline:.0%})")
+    print(f"\n{task.name} ({task.split}, {len(task.examples)} examples, random {task.random_baseline:.0%})")
     for t in task.templates:
         print("   template:", t)
-    print(f"   example:  {ex.text!r}  choices {task.choice_texts}  answer {task.choice_texts[ex.answer]!r}")
+    print(f"   example:  {ex.text!r}  choices {[tok.decode(c) for c in ex.choices]}  answer {tok.decode(ex.target)!r}")
 
 # %% [markdown]
 # A model answers a question by **rank classification**: for each choice `c` it scores
@@ -136,7 +147,7 @@ for task in world.heldout_tasks[:3]:
 # choice's tokens, everything else is `-100` (no score).
 
 # %%
-ex = world.task("pet_qa").examples[0]
+ex = world.task("qa_pet").examples[0]
 batch = {arch: make_prompt_batch(arch, [ex.prompt] * 2, list(ex.choices[:2]), tok, add_eos=False)
          for arch in ("cd", "nd", "ed")}
 print("prompt:", ex.text, "| first two choices:", [tok.decode(c) for c in ex.choices[:2]])
@@ -159,7 +170,7 @@ print(f"ed: src {tok.decode(b.src[0])}\n    tgt_in {[tok.decode(r) for r in b.tg
 model_cfg = TrainConfig(arch="cd", preset="smoke").resolved().model_config(tok)
 fresh = mm.build_model("cd", model_cfg, seed=0)
 scores = score_completions(fresh, "cd", [ex.prompt] * len(ex.choices), list(ex.choices), tok)
-print("log p(choice | prompt):", dict(zip(world.task("pet_qa").choice_texts, scores.round(3))))
+print("log p(choice | prompt):", dict(zip(world.task("qa_pet").choice_texts, scores.round(3))))
 print("picked:", rank_classify(fresh, "cd", [ex], tok)[0], " answer:", ex.answer)
 
 per_task = {}
@@ -169,27 +180,37 @@ summary = summarise(per_task)
 for name, t in summary["tasks"].items():
     print(f"  {name:20s} mean {t['mean']:.2f} (templates {[round(v, 2) for v in t['templates'].values()]})")
 chance = np.mean([t.random_baseline for t in world.heldout_tasks])
-print(f"held-out accuracy {summary['mean']:.3f}; random choice {chance:.3f}")
+constant = summarise({t.name: {k: constant_baseline(g) for k, g in enumerate(t.by_template())}
+                      for t in world.heldout_tasks})["mean"]
+print(f"held-out accuracy {summary['mean']:.3f}; random choice {chance:.3f}; best constant answer {constant:.3f}")
 
 # %% [markdown]
 # Two things to notice. First, the random baseline is not 25% or 50% but their mixture:
-# one 4-way task and two yes/no tasks per held-out relation give 41.7% on the smoke world.
-# An accuracy is only meaningful next to its baseline. Second, an untrained model is not
-# a fair coin: it tends to prefer one choice everywhere, so on a small task it can land
-# well above or below chance by luck. With 8 people and a few templates, a difference of
-# 10 points between two models can be noise.
+# the held-out tasks mix 4-way questions (`qa`, `read` on the smoke world's four values)
+# with two-way ones (`verify`, `choice`). An accuracy is only meaningful next to its
+# baseline. Second, an untrained model is not a fair coin: it tends to prefer one choice
+# everywhere, so on a small task it can land well above or below chance by luck. That is
+# why the study prints a second floor beside random choice, computed from the same items:
+# the **best constant answer** (`constant_baseline`, the majority class), which a model
+# that ignores the prompt and always gives the same answer reaches. The world balances
+# what it can (each value is held by about equally many people, verify has as many yes
+# as no), but a `read` task's fresh facts are drawn at random, and on the few items a
+# small evaluation scores (the smoke study: 4 per template) the majority class of any
+# task can be well above random. With 8 people and a few templates, a difference of 10
+# points between two models can be noise.
 #
 # ## 7.4 The statement probe: did the model learn the facts at all?
 #
 # A held-out question like "which animal does tonen keep ?" can only be answered by a
 # model that (a) knows tonen's pet from pretraining and (b) has learned to map the
-# question format onto that knowledge. Zero-shot accuracy mixes the two. The **statement
-# probe** measures (a) alone: it asks for the fact in the exact form the pretraining text
-# states it, "the pet of tonen is a ...", and rank-classifies the value.
+# question format onto that knowledge. Zero-shot accuracy mixes the two (the `read` tasks
+# alone need only (b): their answer is in the prompt). The **statement probe** measures
+# (a) alone: it asks for the fact in the form of a pretraining document, a row of tonen's
+# other facts ending in "the pet of tonen is a", and rank-classifies the value.
 #
-# The prototype behind the study (REFERENCE §4) found this was the bottleneck: transfer
-# appeared only once the probe was near 100%, and models that had not learned the facts
-# stayed at chance whatever their architecture. So every accuracy in the study's table
+# The prototype behind the study found this was the bottleneck: transfer appeared only
+# once the probe was near 100%, and models that had not learned the facts stayed at
+# chance whatever their architecture. So every accuracy in the study's table
 # stands beside a probe: a low accuracy with a low probe means "never learned the facts";
 # a low accuracy with a high probe means "learned them, but did not transfer".
 #
@@ -201,7 +222,7 @@ print(f"held-out accuracy {summary['mean']:.3f}; random choice {chance:.3f}")
 # %%
 for probes in (world.probes, world.mlm_probes):
     p = probes["pet"].examples[0]
-    print(f"{p.text!r:45s} choices {[tok.decode(c) for c in p.choices]}  answer {tok.decode(p.target)!r}")
+    print(f"{p.text!r}\n   choices {[tok.decode(c) for c in p.choices]}  answer {tok.decode(p.target)!r}")
 probe_fresh = np.mean([accuracy(fresh, "cd", world.probes[r].examples, tok) for r in world.heldout_relations])
 print(f"untrained CD, probe on the held-out relations: {probe_fresh:.2f} "
       f"(random {world.probes['pet'].random_baseline:.2f})")
@@ -210,11 +231,13 @@ print(f"untrained CD, probe on the held-out relations: {probe_fresh:.2f} "
 # ## 7.5 Multitask finetuning
 #
 # After pretraining, every model is finetuned T0-style: on a mixture of prompted tasks
-# (all three kinds, all templates) over the *training* relations only, with the loss on
-# the answer only (`make_prompt_batch` with `add_eos=True`: the answer then EOS), a
-# constant learning rate and dropout 0.1. Then it is evaluated on the held-out tasks
-# again. Finetuning teaches the *format* (read a question, answer with a value); the
-# question is whether that skill carries over to relations it never saw asked about.
+# (the two training types, `qa` and `verify`, in all their templates, an equal share per
+# task) over the *training* relations only, with the loss on the answer only
+# (`make_prompt_batch` with `add_eos=True`: the answer then EOS), a constant learning
+# rate and dropout 0.1. Then it is evaluated on the held-out tasks again. Finetuning
+# teaches the *format* (read a question, answer with a value); the question is whether
+# that skill carries over to relations it never saw asked about, and to task types it
+# never saw at all.
 
 # %%
 pairs = world.finetuning_examples(seed=0)
@@ -249,7 +272,8 @@ print("presets:", {name: (c.pretrain_tokens, c.adapt_tokens, c.finetune_tokens) 
 if FAST:
     cfg = S.PRESETS["smoke"]
 else:
-    cfg = dataclasses.replace(S.PRESETS["smoke"], pretrain_tokens=240_000, lr={"flm": 5e-3, "plm": 5e-3, "mlm": 5e-3},
+    cfg = dataclasses.replace(S.PRESETS["smoke"], pretrain_tokens=240_000,
+                              lr={f"{a}-{o}": 5e-3 for a, o in PAPER_PAIRS},   # every pair at the same rate
                               adapt_tokens=120_000, finetune_tokens=24_000, eval_every=25, eval_examples=16)
 print(cfg)
 for u in S.units(cfg):
@@ -281,26 +305,26 @@ print(S.report(results))
 #
 # Read it in this order.
 #
-# 1. **The baselines.** Held-out accuracy of random choice is printed under the table
-#    (41.7% here), and the probe's (25%: four values per relation). Anything within a few
-#    points of them is chance.
-# 2. **The probe column.** Which models learned the held-out facts? Only their zero-shot
-#    and finetuned accuracies can show transfer. In fast mode no model learns anything
-#    and every row is noise around chance. In our full-size runs (one seed) only the
-#    models that were trained with FLM knew the facts: CD:FLM (probe 100%) and LM-A
-#    (about 90%); ND:PLM reached 33% and every MLM-trained model stayed near 25%. With about a
-#    fifth of its tokens carrying a loss, an MLM model sees each fact's value as a target
-#    far less often (tutorial 5), and the budget that taught CD:FLM every fact is not
-#    enough for it.
-# 3. **The "ft train tasks" column** is accuracy on the *training* tasks after finetuning.
-#    A model that cannot even fit the tasks it was finetuned on (in our runs: every
-#    pretrained model but CD:FLM, at about 42%, i.e. chance) has nothing to transfer.
+# 1. **The floors.** The last two rows of the table are computed from the same items as
+#    each column: the accuracy of random choice, and that of the best constant answer.
+#    The probe's random floor is 25% (four values per relation). Anything within a few
+#    points of the higher floor is no evidence that a model read the prompt.
+# 2. **The probe column.** Which models learned the held-out facts? Only their
+#    accuracies on the tasks that need those facts can show transfer. In fast mode no
+#    model learns anything and every row is noise around the floors. At full size your
+#    run prints which models got there. With about a fifth of its tokens carrying a
+#    loss, an MLM model sees each fact's value as a target far less often (tutorial 5;
+#    `minillm study --events` counts it), so a budget that teaches one pair every fact
+#    may not be enough for another.
+# 3. **The "train tasks" column** is accuracy on the *training* tasks after finetuning.
+#    A model that cannot even fit the tasks it was finetuned on has nothing to transfer.
 # 4. **Zero-shot, then finetuned.** The paper found CD:FLM best with no finetuning, and
-#    ED:MLM then ND:MLM best after it. Our full-size run "reproduces" the first and not
-#    the second, but read the caveats: the MLM models never learned the facts, so the
-#    second comparison was never really made; with one seed there are no error bars; and
-#    each held-out task here has 8 people. A finding at this scale is "which models learn
-#    the facts within the budget", not "which architecture generalises best".
+#    ED:MLM then ND:MLM best after it. The report's conclusions say whether your run
+#    agrees, but read the caveats: a model that never learned the facts never really took
+#    part in the comparison; with one seed there are no error bars; and each held-out
+#    task here has 8 items per template. A finding at this scale is "which models learn
+#    the facts and the formats within the budget", not "which architecture generalises
+#    best".
 # 5. **The speed-ups** of the adaptations: tutorial 8.
 #
 # The cell below does step 2 for you, and counts how many examples stand behind each
@@ -318,10 +342,11 @@ print(f"held-out examples scored per model: {n_scored}; the standard error of an
 # %% [markdown]
 # The probe column shows each model in its own objective's format. Each unit's
 # `result.json` (in `results["units"]`) holds both probes, and the difference can be
-# large. In our full-size runs NC-A started from CD:FLM, which knew every fact; after MLM
-# adaptation it still picked the right value as the next word 67-75% of the time, but
-# only 33-38% of the time as a sentinel's target. Knowing a fact in one format does not mean
-# producing it in another, which is why the study probes each model in its own format.
+# large: an adapted model such as NC-A (CD:FLM continued with MLM) may still pick the
+# right value as the next word far more often than as a sentinel's target, or the other
+# way round; the table below prints both for your run. Knowing a fact in one format does
+# not mean producing it in another, which is why the study probes each model in its own
+# format.
 
 # %%
 print(f"{'unit':22s} {'next-word probe':>15s} {'MLM probe':>10s}")
@@ -344,7 +369,7 @@ def trained(name):
 cd_flm = trained("pretrain/cd-flm/s0")
 for r in world.heldout_relations:
     print(f"  probe {r:10s} {accuracy(cd_flm, 'cd', world.probes[r].examples, tok):.2f}")
-qa = world.task("pet_qa")
+qa = world.task("qa_pet")
 picked = rank_classify(cd_flm, "cd", qa.examples[:6], tok)
 for e, k in zip(qa.examples[:6], picked):
     print(f"  {e.text!r:50s} picked {qa.choice_texts[k]!r:10s} answer {qa.choice_texts[e.answer]!r}")
@@ -356,7 +381,10 @@ if plt is not None:
     x = np.arange(len(rows))
     for off, key, label in ((-0.25, "probe", "probe"), (0, "zero_shot", "zero-shot"), (0.25, "finetuned", "finetuned")):
         ax.bar(x + off, [100 * r[key]["mean"] for r in rows], 0.25, label=label)
-    ax.axhline(100 * results["heldout_baseline"], color="k", ls="--", lw=1, label="random (held-out)")
+    ax.axhline(100 * results["baselines"]["heldout_type"]["random"], color="k", ls="--", lw=1,
+               label="random (held-out types)")
+    ax.axhline(100 * results["baselines"]["heldout_type"]["constant"], color="k", ls="-.", lw=1,
+               label="best constant (held-out types)")
     ax.axhline(100 * results["probe_baseline"], color="gray", ls=":", lw=1, label="random (probe)")
     ax.set_xticks(x, [r["row"].split(":")[0] if r["key"] in ("lm-a", "nc-a") else r["row"] for r in rows],
                   rotation=30, fontsize=8)
@@ -378,12 +406,13 @@ if plt is not None:
 #     minillm study --list-units            # every unit, in dependency order, with its command
 #     minillm study --unit pretrain/cd-flm/s0      # one unit (its source must be finished)
 #     minillm study --report                # only the table of what has finished so far
+#     minillm study --events                # per pair: how often a batch makes a fact's value a target
 #
 # Rerunning the same command skips finished units and resumes interrupted ones, so it is
-# safe to stop a study with Ctrl-C. The default preset took about 7 minutes per seed on
-# the two-core build machine; `--seeds 3` is what gives the error bars the conclusions
-# need (a claimed winner within one standard deviation of this run's winner is reported
-# as TIED, not as reproduced or refuted).
+# safe to stop a study with Ctrl-C. The default preset trains each pair on 2.5 million
+# tokens, far more than this tutorial; `--seeds 3` is what gives the error bars the
+# conclusions need (a claimed winner within one standard deviation of this run's winner
+# is reported as TIED, not as reproduced or refuted).
 #
 # ## Exercises
 #
@@ -398,7 +427,8 @@ if plt is not None:
 #    templates. Checked against `summarise` on tasks with different numbers of templates.
 # 3. **The random baseline of a suite.** Write `suite_baseline(tasks)`: the accuracy of
 #    random choice on a list of `Task`s, aggregated the way the study aggregates
-#    accuracies. Checked against the study's `heldout_baseline` and on the default world.
+#    accuracies. Checked against the study's random floors (`results["baselines"]`, one
+#    per group of tasks) and on the default world.
 
 # %%
 def my_rank_classify(model, arch, example):
@@ -417,7 +447,7 @@ def suite_baseline(tasks):
 # %%
 def check_my_rank_classify(fn):
     models = {"cd": cd_flm, "nd": trained("pretrain/nd-plm/s0"), "ed": trained("pretrain/ed-plm/s0")}
-    examples = world.task("pet_qa").examples[:8] + world.task("verify_city").examples[:8] + world.probes["job"].examples
+    examples = world.task("qa_pet").examples[:8] + world.task("verify_city").examples[:8] + world.probes["job"].examples
     for arch, model in models.items():
         expected = rank_classify(model, arch, examples, tok)
         got = [fn(model, arch, e) for e in examples]
@@ -432,8 +462,9 @@ def check_heldout_mean(fn):
 
 
 def check_suite_baseline(fn):
-    assert abs(fn(world.heldout_tasks) - results["heldout_baseline"]) < 1e-12, \
-        f"smoke world: expected {results['heldout_baseline']}"
+    for group, floors in results["baselines"].items():
+        tasks = [t for t in world.tasks if t.split == group]
+        assert abs(fn(tasks) - floors["random"]) < 1e-12, f"smoke world, {group}: expected {floors['random']}"
     big = World("default", seed=0)
     expected = np.mean([t.random_baseline for t in big.heldout_tasks])
     assert abs(fn(big.heldout_tasks) - expected) < 1e-12, f"default world: expected {expected}"

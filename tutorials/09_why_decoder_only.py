@@ -264,7 +264,7 @@ for arch, objective in (("cd", "flm"), ("ed", "plm")):
     print(f"{arch}:{objective}: {run.step} steps, {run.tokens_seen:,} tokens seen")
 
 # %% [markdown]
-# The probe text: validation sentences joined into one stream and cut into rows of `n`
+# The probe text: validation documents joined into one stream and cut into rows of `n`
 # tokens. The CD reads each row causally; the ED's encoder reads the same row
 # bidirectionally (its decoder gets just BOS; we only look at the encoder).
 
@@ -304,12 +304,13 @@ assert all(0 < r["entropy"] <= n_probe + 1e-9 and 1 <= r["numerical"] <= n_probe
 # %% [markdown]
 # At initialisation all logits are tiny, so every bidirectional head is close to the
 # uniform `11ᵀ/n`: entropy rank near 1, exactly the zero-logit picture of 9.2, while the
-# causal heads are full rank by construction. When we ran the full-size version, the
-# trained encoder heads had barely left that picture (entropy rank below 2) while the
-# causal heads sat above 12: the bidirectional heads *were* nearly rank 1. But note what
-# this can and cannot say. Two small models, one seed, one budget; the ED also learns
-# the world's facts more slowly at toy budgets (REFERENCE §4), so its attention may
-# simply not have sharpened yet. Whether the rank gap *causes* the difference in
+# causal heads are full rank by construction. The "trained" rows show how far training
+# moved each kind of head from that picture (run the full-size version too, and
+# compare): if the trained encoder heads keep an entropy rank near 1 while the causal
+# heads stay high, the bidirectional heads *are* nearly rank 1. But note what this can
+# and cannot say. Two small models, one seed, one budget; the ED may also learn the
+# world's facts at another pace than the CD at toy budgets, so its attention may simply
+# not have sharpened yet. Whether the rank gap *causes* the difference in
 # quality needs the same measurement across sizes, seeds and budgets, and on the
 # trained models of the full study.
 
